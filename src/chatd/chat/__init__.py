@@ -1,0 +1,1 @@
+"""The conversation <-> tokens: messages, chat templates, (later) tools and images."""

@@ -1,0 +1,1 @@
+"""The engine: scheduling, sampling and detokenising, shared by every runner."""

@@ -1,0 +1,51 @@
+"""What the scheduler needs from a runner, and what the chat layer needs from its tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class BatchItem:
+    """Tokens of one sequence for one forward pass, at positions start, start+1, ..."""
+
+    slot: int
+    tokens: list[int]
+    start: int
+    want_logits: bool  # logits for the last token, to sample from
+
+
+class Tokenizer(Protocol):
+    n_vocab: int
+    token_bytes: list[bytes]  # the bytes each token stands for (empty for control tokens)
+    token_text: list[str]  # how to show a token in logprobs (control tokens by name)
+    hidden: set[int]  # control tokens: never part of the text
+    eog: set[int]  # tokens that end a generation
+    chat_template: str | None
+    bos_token: str
+    eos_token: str
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of text, special tokens in the text parsed as such, no BOS added."""
+        ...
+
+
+class Runner(Protocol):
+    name: str
+    n_slots: int  # sequences held in the KV cache at once
+    n_ctx: int  # tokens one sequence may hold (prompt and output)
+    max_batch_tokens: int  # tokens one forward may take
+    tokenizer: Tokenizer
+
+    def forward(self, items: list[BatchItem]) -> np.ndarray:
+        """One forward over all items; a logits row (float32) for each item that wants one."""
+        ...
+
+    def truncate(self, slot: int, keep: int) -> int:
+        """Forget the slot's cached tokens from position `keep` on; returns how many it kept."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,98 @@
+"""Turn one sequence's logits into its next token: a small pure function over numpy arrays.
+
+Order: logit_bias and penalties (these shape the distribution we report in logprobs), then
+temperature, top-k, top-p and min-p (these only choose). Each sequence brings its own RNG, so a
+seeded request samples the same tokens whatever else shares the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from chatd.engine.types import SamplingParams
+
+# top-p first looks for the nucleus among this many best tokens; a full sort only if it is wider.
+_NUCLEUS_PROBE = 256
+
+
+class SamplerState:
+    """What sampling remembers about one sequence: its RNG and the tokens it has seen."""
+
+    def __init__(self, params: SamplingParams, prompt: list[int]):
+        self.params = params
+        seed = params.seed if params.seed is not None else np.random.SeedSequence().entropy
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.output_counts: dict[int, int] = {}
+        self.context_ids: set[int] = set(prompt)  # for repetition_penalty: prompt and output
+
+    def accept(self, token: int) -> None:
+        self.output_counts[token] = self.output_counts.get(token, 0) + 1
+        self.context_ids.add(token)
+
+
+def adjust_logits(logits: np.ndarray, state: SamplerState) -> np.ndarray:
+    """logit_bias, repetition_penalty (CTRL), frequency and presence penalties (OpenAI's)."""
+    p = state.params
+    if not (p.logit_bias or p.repetition_penalty != 1.0 or state.output_counts):
+        return logits
+    out = logits.astype(np.float32, copy=True)
+    if p.logit_bias:
+        ids = np.fromiter(p.logit_bias.keys(), dtype=np.int64)
+        out[ids] += np.fromiter(p.logit_bias.values(), dtype=np.float32)
+    if p.repetition_penalty != 1.0 and state.context_ids:
+        ids = np.fromiter(state.context_ids, dtype=np.int64)
+        seen = out[ids]
+        out[ids] = np.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
+    if (p.frequency_penalty or p.presence_penalty) and state.output_counts:
+        ids = np.fromiter(state.output_counts.keys(), dtype=np.int64)
+        counts = np.fromiter(state.output_counts.values(), dtype=np.float32)
+        out[ids] -= counts * p.frequency_penalty + p.presence_penalty
+    return out
+
+
+def choose(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """Pick a token id from adjusted logits: greedy at temperature 0, else filtered sampling."""
+    if params.temperature <= 0:
+        return int(np.argmax(logits))
+    x = logits.astype(np.float64) / params.temperature
+    ids = _candidates(x, params)
+    xs = x[ids] if ids is not None else x
+    probs = np.exp(xs - xs.max())
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        n_keep = int(np.searchsorted(cumulative, params.top_p - 1e-9)) + 1
+        probs[order[n_keep:]] = 0.0
+    if params.min_p > 0.0:
+        probs[probs < params.min_p * probs.max()] = 0.0
+    cumulative = np.cumsum(probs)
+    pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    pick = min(pick, len(probs) - 1)
+    return int(ids[pick]) if ids is not None else pick
+
+
+def _candidates(x: np.ndarray, params: SamplingParams) -> np.ndarray | None:
+    """The token ids worth sorting, or None for all of them."""
+    vocab = len(x)
+    if 0 < params.top_k < vocab:
+        return np.argpartition(x, -params.top_k)[-params.top_k :]
+    if params.top_p < 1.0 and vocab > _NUCLEUS_PROBE:
+        probe = np.argpartition(x, -_NUCLEUS_PROBE)[-_NUCLEUS_PROBE:]
+        m = x.max()
+        if np.exp(x[probe] - m).sum() >= params.top_p * np.exp(x - m).sum():
+            return probe  # the nucleus lies inside the probe: sorting it is exact
+    return None
+
+
+def log_softmax_at(logits: np.ndarray, token: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+    """The log-probability of `token` and the k most likely (id, logprob) pairs."""
+    x = logits.astype(np.float64)
+    m = x.max()
+    lse = m + np.log(np.exp(x - m).sum())
+    top: list[tuple[int, float]] = []
+    if k > 0:
+        best = np.argpartition(x, -k)[-k:]
+        best = best[np.argsort(-x[best], kind="stable")]
+        top = [(int(i), float(x[i] - lse)) for i in best]
+    return float(x[token] - lse), top

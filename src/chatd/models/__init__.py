@@ -1,0 +1,1 @@
+"""Which models can be served, and their loading states."""

@@ -1,0 +1,187 @@
+"""One chat completion: a ChatRequest becomes GenerationRequests (one per choice), whose
+TokenEvents become one JSON body or an SSE stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+
+from chatd.chat.prompt import build_prompt
+from chatd.config import Settings
+from chatd.engine.types import GenerationRequest, SamplingParams, TokenEvent, TokenLogprob
+from chatd.models.registry import LoadedModel
+from chatd.server.errors import ChatdError, bad_request
+from chatd.server.protocol import ChatRequest
+from chatd.server.responses import DONE, Envelope, Usage, logprobs_body, sse
+
+log = logging.getLogger(__name__)
+
+
+def prepare(body: ChatRequest, model: LoadedModel, settings: Settings) -> list[GenerationRequest]:
+    """Validate what needs the model (context, vocabulary) and build one request per choice."""
+    _refuse_unsupported(body)
+    runner = model.engine.runner
+    try:
+        prompt = build_prompt(body.messages, model.template, runner.tokenizer)
+        bias = body.bias_map(runner.tokenizer.n_vocab)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from exc
+    room = runner.n_ctx - len(prompt)
+    if room < 1:
+        raise bad_request(
+            f"the prompt is {len(prompt)} tokens long, but this model's context holds "
+            f"{runner.n_ctx} tokens for prompt and answer together: at most {runner.n_ctx - 1} "
+            "prompt tokens fit"
+        )
+    n = body.n or 1
+    if n > settings.max_n:
+        raise bad_request(f"n: at most {settings.max_n} choices per request, got {n}")
+    sampling = SamplingParams(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=body.top_p or 1.0,
+        top_k=body.top_k or 0,
+        min_p=body.min_p or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        logit_bias=bias,
+        seed=body.seed,
+        logprobs=bool(body.logprobs),
+        top_logprobs=body.top_logprobs or 0,
+    )
+    # The answer may use what the context leaves; a larger max_tokens ends with "length" there.
+    max_tokens = min(body.output_limit or room, room)
+    rid = uuid.uuid4().hex
+    return [
+        GenerationRequest(
+            id=f"{rid}-{i}",
+            prompt=prompt,
+            # Seeded choices differ from each other yet repeat from one request to the next.
+            sampling=sampling if body.seed is None else replace(sampling, seed=body.seed + i),
+            max_tokens=max_tokens,
+            stop=tuple(body.stop),
+        )
+        for i in range(n)
+    ]
+
+
+def _refuse_unsupported(body: ChatRequest) -> None:
+    """Constrained output is refused rather than silently ignored until it is implemented."""
+    fmt = body.response_format
+    if fmt and fmt.type != "text":
+        raise bad_request(f"response_format: type {fmt.type!r} is not supported yet")
+    if body.tools and body.tool_choice != "none":
+        raise bad_request("tools: tool calling is not supported yet (tool_choice 'none' only)")
+
+
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    last: TokenEvent | None = None
+
+
+async def complete(model: LoadedModel, requests: list[GenerationRequest], body: ChatRequest):
+    """Run every choice to its end and build the non-stream body."""
+    choices = await asyncio.gather(*(_collect(model, r) for r in requests))
+    usage = _usage([c.last for c in choices])
+    out = []
+    for i, c in enumerate(choices):
+        out.append(
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": "".join(c.text)},
+                "logprobs": logprobs_body(c.logprobs) if body.logprobs else None,
+                "finish_reason": c.last.finish_reason,
+            }
+        )
+    return Envelope(model.id, model.engine.runner.name).completion(out, usage)
+
+
+async def _collect(model: LoadedModel, request: GenerationRequest) -> _Choice:
+    choice = _Choice()
+    async with aclosing(model.engine.generate(request)) as events:
+        async for event in events:
+            if event.error:
+                raise ChatdError(500, event.error, "generation")
+            choice.text.append(event.text)
+            choice.logprobs.extend(event.logprobs)
+            choice.last = event
+    return choice
+
+
+async def stream(
+    model: LoadedModel, requests: list[GenerationRequest], body: ChatRequest
+) -> AsyncIterator[str]:
+    """SSE: role in each choice's first delta only, usage only when asked, then [DONE]."""
+    envelope = Envelope(model.id, model.engine.runner.name)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    started: set[int] = set()
+    finals: list[TokenEvent] = []
+    async with aclosing(_merge(model, requests)) as events:
+        async for index, event in events:
+            if event.error:
+                yield sse({"error": event.error, "error_type": "generation"})
+                return
+            if not (event.text or event.logprobs or event.done):
+                continue
+            delta = {"content": event.text}
+            if index not in started:
+                started.add(index)
+                delta = {"role": "assistant", **delta}
+            choice = {
+                "index": index,
+                "delta": delta,
+                "logprobs": logprobs_body(event.logprobs) if body.logprobs else None,
+                "finish_reason": event.finish_reason,
+            }
+            yield sse(envelope.chunk([choice], include_usage))
+            if event.done:
+                finals.append(event)
+    if include_usage:
+        yield sse(envelope.usage_chunk(_usage(finals)))
+    yield DONE
+
+
+async def _merge(
+    model: LoadedModel, requests: list[GenerationRequest]
+) -> AsyncIterator[tuple[int, TokenEvent]]:
+    """The events of every choice, interleaved as they come."""
+    if len(requests) == 1:
+        async with aclosing(model.engine.generate(requests[0])) as events:
+            async for event in events:
+                yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, TokenEvent]] = asyncio.Queue()
+
+    async def pump(index: int, request: GenerationRequest) -> None:
+        async with aclosing(model.engine.generate(request)) as events:
+            async for event in events:
+                queue.put_nowait((index, event))
+
+    tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, event = await queue.get()
+            remaining -= event.done
+            yield index, event
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _usage(finals: list[TokenEvent | None]) -> Usage:
+    """The prompt counts once however many choices share it."""
+    finals = [f for f in finals if f]
+    if not finals:
+        return Usage()
+    return Usage(
+        prompt_tokens=finals[0].prompt_tokens,
+        completion_tokens=sum(f.completion_tokens for f in finals),
+        cached_tokens=min(f.cached_tokens for f in finals),
+    )

@@ -1,0 +1,78 @@
+"""Every error leaves as the HF body {"error", "error_type"} with the right status: never a
+stack trace, never FastAPI's {"detail"}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ChatdError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        error_type: str = "validation",
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.error_type = status, message, error_type
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, "error_type": self.error_type, **self.extra}
+
+
+def bad_request(message: str) -> ChatdError:
+    return ChatdError(400, message, "validation")
+
+
+def error_response(err: ChatdError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def describe_validation(exc: RequestValidationError | ValidationError) -> str:
+    """'temperature: Input should be less than or equal to 2' — the field first, then why."""
+    parts = []
+    for e in exc.errors():
+        if e.get("type") == "json_invalid":
+            return "the request body is not valid JSON"
+        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        # Union members add their type names to the location; they only confuse the reader.
+        loc = [x for x in loc if not any(c in x for c in "[]") and x not in _TYPE_NAMES]
+        msg = e.get("msg", "invalid").removeprefix("Value error, ")
+        parts.append(f"{'.'.join(loc) or 'body'}: {msg}")
+    return "; ".join(dict.fromkeys(parts)) or "invalid request"
+
+
+_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "text", "image_url", "function"}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ChatdError)
+    async def _chatd(_: Request, exc: ChatdError):
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        return error_response(bad_request(describe_validation(exc)))
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException):
+        kind = "not_found" if exc.status_code == 404 else "validation"
+        return error_response(ChatdError(exc.status_code, str(exc.detail), kind))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception):
+        log.exception("unhandled error")
+        return error_response(ChatdError(500, "internal server error", "generation"))
