@@ -234,7 +234,8 @@ def main() -> None:
         if not shutil.which(args.chatd):
             sys.exit(f"chatd not found at {args.chatd}")
         cmds["chatd"] = [args.chatd, "serve", "--model", args.model, "--host", "127.0.0.1",
-                         "--port", str(free_port()), "--parallel", str(P), "--ctx", str(ctx)]
+                         "--port", str(free_port()), "--parallel", str(P), "--ctx", str(ctx),
+                         "--threads", str(args.threads)]
 
     results: dict[str, list[dict[str, Any]]] = {}
     layouts: dict[str, str] = {}

@@ -24,16 +24,30 @@ def _opt(help: str, env: str, **kw):
 
 @app.command()
 def serve(
-    model: Annotated[str | None, _opt("GGUF path, or ID=PATH; default: the packaged model", "MODEL")] = None,
-    alias: Annotated[list[str], _opt("another name for the served model (repeatable)", "ALIAS")] = [],  # noqa: B006
+    model: Annotated[
+        str | None, _opt("GGUF path, or ID=PATH; default: the packaged model", "MODEL")
+    ] = None,
+    alias: Annotated[
+        list[str], _opt("another name for the served model (repeatable)", "ALIAS")
+    ] = [],  # noqa: B006
     host: Annotated[str, _opt("address to listen on", "HOST")] = DEFAULTS.host,
     port: Annotated[int, _opt("port to listen on", "PORT")] = DEFAULTS.port,
-    parallel: Annotated[int, _opt("sequences decoded together", "PARALLEL", min=1)] = DEFAULTS.parallel,
-    ctx: Annotated[int, _opt("tokens per sequence (prompt + answer)", "CTX", min=16)] = DEFAULTS.ctx,
-    threads: Annotated[int | None, _opt("CPU threads for the model (default: all)", "THREADS")] = None,
-    batch_tokens: Annotated[int, _opt("tokens per forward pass", "BATCH_TOKENS", min=1)] = DEFAULTS.batch_tokens,
+    parallel: Annotated[
+        int, _opt("sequences decoded together", "PARALLEL", min=1)
+    ] = DEFAULTS.parallel,
+    ctx: Annotated[
+        int, _opt("tokens per sequence (prompt + answer)", "CTX", min=16)
+    ] = DEFAULTS.ctx,
+    threads: Annotated[
+        int | None, _opt("CPU threads for the model (default: all)", "THREADS")
+    ] = None,
+    batch_tokens: Annotated[
+        int, _opt("tokens per forward pass", "BATCH_TOKENS", min=1)
+    ] = DEFAULTS.batch_tokens,
     max_n: Annotated[int, _opt("largest n per request", "MAX_N", min=1)] = DEFAULTS.max_n,
-    log_level: Annotated[str, _opt("debug, info, warning or error", "LOG_LEVEL")] = DEFAULTS.log_level,
+    log_level: Annotated[
+        str, _opt("debug, info, warning or error", "LOG_LEVEL")
+    ] = DEFAULTS.log_level,
 ):
     """Serve the chat-completion API (and the playground) on HOST:PORT."""
     import uvicorn
@@ -46,7 +60,9 @@ def serve(
         host=host, port=port, model=model, aliases=alias, parallel=parallel, ctx=ctx,
         threads=threads, batch_tokens=batch_tokens, max_n=max_n, log_level=log_level,
     )  # fmt: skip
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         source = sources.resolve(model)
     except FileNotFoundError as exc:
@@ -60,9 +76,12 @@ def serve(
 
 def _show_load_progress(registry) -> None:
     progress = Progress(
-        TextColumn("loading [bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(), console=console, transient=False,
-    )  # fmt: skip
+        TextColumn("loading [bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=console,
+    )
     task = progress.add_task(registry.default.id, total=1.0)
     progress.start()
 

@@ -8,7 +8,9 @@ from chatd.engine.runners.base import Tokenizer
 from chatd.server.protocol import Message
 
 
-def build_prompt(messages: list[Message], template: ChatTemplate, tokenizer: Tokenizer) -> list[int]:
+def build_prompt(
+    messages: list[Message], template: ChatTemplate, tokenizer: Tokenizer
+) -> list[int]:
     """Raises UnsupportedContent or TemplateRenderError (both ValueError) for a bad conversation."""
     text = template.render(template_messages(messages))
     return tokenizer.encode(text)

@@ -55,13 +55,14 @@ def choose(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     if params.temperature <= 0:
         return int(np.argmax(logits))
     x = logits.astype(np.float64) / params.temperature
-    ids = _candidates(x, params)
+    ids, share = _candidates(x, params)
     xs = x[ids] if ids is not None else x
     probs = np.exp(xs - xs.max())
     probs /= probs.sum()
     if params.top_p < 1.0:
         order = np.argsort(-probs, kind="stable")
-        cumulative = np.cumsum(probs[order])
+        # probs are renormalised over the candidates; the nucleus is measured on what they held.
+        cumulative = np.cumsum(probs[order]) * share
         n_keep = int(np.searchsorted(cumulative, params.top_p - 1e-9)) + 1
         probs[order[n_keep:]] = 0.0
     if params.min_p > 0.0:
@@ -72,17 +73,19 @@ def choose(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     return int(ids[pick]) if ids is not None else pick
 
 
-def _candidates(x: np.ndarray, params: SamplingParams) -> np.ndarray | None:
-    """The token ids worth sorting, or None for all of them."""
+def _candidates(x: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None, float]:
+    """The token ids worth sorting (None for all of them) and the share of the distribution
+    that top-p measures them against: top-k renormalises (as transformers does), the probe not."""
     vocab = len(x)
     if 0 < params.top_k < vocab:
-        return np.argpartition(x, -params.top_k)[-params.top_k :]
+        return np.argpartition(x, -params.top_k)[-params.top_k :], 1.0
     if params.top_p < 1.0 and vocab > _NUCLEUS_PROBE:
         probe = np.argpartition(x, -_NUCLEUS_PROBE)[-_NUCLEUS_PROBE:]
         m = x.max()
-        if np.exp(x[probe] - m).sum() >= params.top_p * np.exp(x - m).sum():
-            return probe  # the nucleus lies inside the probe: sorting it is exact
-    return None
+        share = float(np.exp(x[probe] - m).sum() / np.exp(x - m).sum())
+        if share >= params.top_p:
+            return probe, share  # the nucleus lies inside the probe: sorting it is exact
+    return None, 1.0
 
 
 def log_softmax_at(logits: np.ndarray, token: int, k: int) -> tuple[float, list[tuple[int, float]]]:

@@ -55,6 +55,10 @@ class Scheduler:
             self._aborted.add(request_id)
             self._cv.notify()
 
+    def counts(self) -> dict[str, int]:
+        """Sequences decoding and waiting for a slot (read from another thread: a snapshot)."""
+        return {"running": len(self.running), "waiting": len(self.waiting) + len(self._inbox)}
+
     def stop(self) -> None:
         with self._cv:
             self._stopped = True

@@ -145,5 +145,7 @@ class ChatRequest(BaseModel):
             items = dict(self.logit_bias or {})
         bad = [i for i in items if not 0 <= i < n_vocab]
         if bad:
-            raise ValueError(f"logit_bias: token id {bad[0]} is outside the vocabulary (0..{n_vocab - 1})")
+            raise ValueError(
+                f"logit_bias: token id {bad[0]} is outside the vocabulary (0..{n_vocab - 1})"
+            )
         return {i: max(-100.0, min(100.0, b)) for i, b in items.items()}

@@ -6,8 +6,8 @@ import asyncio
 import logging
 
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
 from chatd import __version__
 from chatd.models.registry import ModelState, Registry
@@ -117,15 +117,20 @@ async def list_models(request: Request):
 async def info(request: Request):
     registry, settings = _registry(request), request.app.state.settings
     entry = registry.default
-    runner = entry.loaded.engine.runner if entry.loaded else None
+    engine = entry.loaded.engine if entry.loaded else None
     return {
         "version": __version__,
         "model_id": entry.id,
         "model_path": str(entry.source.path),
         "state": entry.state.value,
-        "runner": runner.name if runner else None,
+        "runner": engine.runner.name if engine else None,
         "context_length": settings.ctx,
         "max_parallel": settings.parallel,
         "max_batch_tokens": settings.batch_tokens,
-        "limits": {"max_n": settings.max_n, "max_stop": MAX_STOP, "max_top_logprobs": MAX_TOP_LOGPROBS},
+        "limits": {
+            "max_n": settings.max_n,
+            "max_stop": MAX_STOP,
+            "max_top_logprobs": MAX_TOP_LOGPROBS,
+        },
+        "sequences": engine.scheduler.counts() if engine else None,
     }

@@ -1,0 +1,107 @@
+"""A real chatd on a free loopback port, started once per test session with the real model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+# The seed's snippets name these models; the test server serves the default model under them.
+SNIPPET_TEXT_MODEL = "google/gemma-2-2b-it"
+SNIPPET_VISION_MODEL = "meta-llama/Llama-3.2-11B-Vision-Instruct"
+PARALLEL = 8
+CTX = 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"chatd-test-{self.port}.log"
+        cmd = [sys.executable, "-m", "chatd", "serve", "--port", str(self.port), *args]
+        self._log_file = self.log.open("w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"chatd exited early:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"chatd not ready after {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log_file.close()
+
+
+@pytest.fixture(scope="session")
+def server():
+    srv = Server(
+        "--parallel", str(PARALLEL), "--ctx", str(CTX),
+        "--alias", SNIPPET_TEXT_MODEL, "--alias", SNIPPET_VISION_MODEL,
+    )  # fmt: skip
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(server) -> str:
+    return server.url
+
+
+@pytest.fixture
+def openai_client(base_url):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{base_url}/v1", api_key="sk-test", _strict_response_validation=True)
+
+
+@pytest.fixture
+def hf_client(base_url):
+    from huggingface_hub import InferenceClient
+
+    return InferenceClient(base_url=f"{base_url}/v1/", api_key="hf_test")
+
+
+def chat(base_url: str, **body) -> httpx.Response:
+    """A raw POST, for what the clients would hide (status codes, headers, exact bytes)."""
+    body.setdefault("messages", [{"role": "user", "content": "Say hello."}])
+    return httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=120)
+
+
+def sse_events(base_url: str, path: str = "/v1/chat/completions", **body) -> list[str]:
+    """The raw `data:` payloads of a stream, [DONE] included."""
+    body.setdefault("messages", [{"role": "user", "content": "Say hello."}])
+    body["stream"] = True
+    with httpx.stream("POST", f"{base_url}{path}", json=body, timeout=120) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    events = [block for block in raw.split("\n\n") if block]
+    assert all(e.startswith("data: ") and "\n" not in e for e in events), raw
+    return [e.removeprefix("data: ") for e in events]
