@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
 # The seed's snippets name these models; the test server serves the default model under them.
 SNIPPET_TEXT_MODEL = "google/gemma-2-2b-it"
@@ -54,6 +57,21 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self._log_file.close()
+
+
+@contextlib.contextmanager
+def serve_in_thread(app):
+    """Serve an app built in the test itself (a registry in a chosen state) on a free port."""
+    server = uvicorn.Server(uvicorn.Config(app, port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

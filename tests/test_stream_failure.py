@@ -6,8 +6,6 @@ has started (role and content sent) before the failure arrives as an SSE error e
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +13,6 @@ import huggingface_hub
 import numpy as np
 import openai
 import pytest
-import uvicorn
 
 from chatd.chat.template import ChatTemplate
 from chatd.config import Settings
@@ -23,7 +20,7 @@ from chatd.engine.engine import Engine
 from chatd.models.registry import LoadedModel, ModelState, Registry
 from chatd.models.sources import ModelSource
 from chatd.server.app import create_app
-from tests.conftest import free_port
+from tests.conftest import serve_in_thread
 
 EOS = 256
 
@@ -71,16 +68,8 @@ def failing_url(tmp_path: Path):
     runner = BreaksOnFourthForward()
     registry.default.loaded = LoadedModel("test/broken", Engine(runner), ChatTemplate(None))
     registry.default.state = ModelState.READY
-    port = free_port()
-    config = uvicorn.Config(create_app(settings, registry), port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(create_app(settings, registry)) as url:
+        yield url
 
 
 HI = [{"role": "user", "content": "hi"}]
