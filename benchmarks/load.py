@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,8 +120,37 @@ def pct(xs: list[float], q: float) -> float | None:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+def _cpu_seconds(server_pid: int | None) -> tuple[float, float, float] | None:
+    """(whole machine busy, server process, this process) CPU seconds; None off Linux."""
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        busy = (sum(v) - v[3] - v[4]) / tick  # all but idle and iowait
+        server = 0.0
+        if server_pid:
+            with open(f"/proc/{server_pid}/stat") as f:
+                st = f.read().rsplit(")", 1)[1].split()
+            server = (int(st[11]) + int(st[12])) / tick  # utime + stime, all threads
+    except (OSError, ValueError, IndexError):
+        return None
+    t = os.times()
+    return busy, server, t.user + t.system
+
+
+def _other_cpu_pct(a: tuple[float, float, float] | None, b: tuple[float, float, float] | None,
+                   wall: float) -> float | None:
+    # On a 2-core box, llama.cpp's spinning threads slow down many-fold when anything
+    # else runs; this says how much of the machine neither the server nor we used.
+    if a is None or b is None or wall <= 0:
+        return None
+    other = (b[0] - a[0]) - (b[1] - a[1]) - (b[2] - a[2])
+    return max(0.0, 100.0 * other / (wall * (os.cpu_count() or 1)))
+
+
 async def run_level(client: httpx.AsyncClient, url: str, model: str, concurrency: int,
-                    n_requests: int, max_tokens: int) -> dict[str, Any]:
+                    n_requests: int, max_tokens: int,
+                    server_pid: int | None = None) -> dict[str, Any]:
     next_i = 0
     results: list[Result] = []
 
@@ -129,9 +161,10 @@ async def run_level(client: httpx.AsyncClient, url: str, model: str, concurrency
             next_i += 1  # no await between read and write: safe in one event loop
             results.append(await one_request(client, url, model, prompt_for(i), max_tokens))
 
-    t0 = time.perf_counter()
+    cpu0, t0 = _cpu_seconds(server_pid), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - t0
+    other = _other_cpu_pct(cpu0, _cpu_seconds(server_pid), wall)
 
     ok = [r for r in results if r.ok]
     ttfts = [r.ttft for r in ok if r.ttft is not None]
@@ -151,6 +184,8 @@ async def run_level(client: httpx.AsyncClient, url: str, model: str, concurrency
         "ttft_p95_s": pct(ttfts, 0.95),
         "itl_p50_s": pct(itls, 0.50),
         "itl_p95_s": pct(itls, 0.95),
+        # Only meaningful with server_pid; otherwise it includes the server itself.
+        "other_cpu_pct": other if server_pid else None,
     }
 
 
@@ -168,8 +203,14 @@ async def resolve_model(client: httpx.AsyncClient, url: str) -> str:
 
 async def run_levels(url: str, levels: list[int], requests_per_level: int | None = None,
                      max_tokens: int = 128, model: str | None = None,
-                     warmup: bool = True) -> list[dict[str, Any]]:
+                     warmup: bool = True, server_pid: int | None = None,
+                     on_level: Callable[[dict[str, Any]], None] | None = None,
+                     ) -> list[dict[str, Any]]:
     """Run each concurrency level in turn; one dict of metrics per level.
+
+    server_pid (Linux) adds other_cpu_pct: the share of the machine's CPU that neither
+    the server nor this process used during the level; above a few percent the
+    numbers are not trustworthy. on_level is called with each row as it completes.
 
     requests_per_level defaults to max(8, 2*C): two full waves at high concurrency,
     enough samples at C=1, and a whole 1,8,32 run stays around a minute on 2 cores.
@@ -187,9 +228,11 @@ async def run_levels(url: str, levels: list[int], requests_per_level: int | None
         out = []
         for c in levels:
             n = requests_per_level or max(8, 2 * c)
-            row = await run_level(client, url, model, c, n, max_tokens)
+            row = await run_level(client, url, model, c, n, max_tokens, server_pid)
             row["model"] = model
             out.append(row)
+            if on_level:
+                on_level(row)
         return out
 
 
@@ -198,16 +241,24 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         return "-" if x is None else f"{x * 1000:.1f}"
 
     head = ["conc", "reqs", "err", "tok/req", "tok/s", "TTFT p50 ms", "TTFT p95 ms",
-            "ITL p50 ms", "ITL p95 ms", "wall s"]
+            "ITL p50 ms", "ITL p95 ms", "wall s", "other cpu%"]
     body = [[str(r["concurrency"]), str(r["requests"]), str(r["errors"]),
              f"{r['tokens_per_request']:.1f}", f"{r['tok_per_s']:.1f}",
              ms(r["ttft_p50_s"]), ms(r["ttft_p95_s"]), ms(r["itl_p50_s"]), ms(r["itl_p95_s"]),
-             f"{r['wall_s']:.1f}"] for r in rows]
+             f"{r['wall_s']:.1f}",
+             "-" if r.get("other_cpu_pct") is None else f"{r['other_cpu_pct']:.0f}"]
+            for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True))
              for row in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def print_progress(row: dict[str, Any]) -> None:
+    # A level can take minutes on a busy machine; show each one as it lands.
+    print(f"C={row['concurrency']}: {row['requests']} requests, {row['tok_per_s']:.1f} tok/s, "
+          f"{row['wall_s']:.1f} s", file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -220,10 +271,13 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--model", default=None,
                     help="model name to send (default: first id of /v1/models)")
+    ap.add_argument("--server-pid", type=int, default=None,
+                    help="server process id, to report CPU used by other processes (Linux)")
     ap.add_argument("--json", dest="json_out", default=None, help="write the rows as JSON here")
     a = ap.parse_args()
     levels = [int(x) for x in a.concurrency.split(",") if x.strip()]
-    rows = asyncio.run(run_levels(a.url, levels, a.requests_per_level, a.max_tokens, a.model))
+    rows = asyncio.run(run_levels(a.url, levels, a.requests_per_level, a.max_tokens, a.model,
+                                  server_pid=a.server_pid, on_level=print_progress))
     print(f"{a.url}  model={rows[0]['model'] if rows else '?'}  max_tokens={a.max_tokens}")
     print(format_table(rows))
     for r in rows:

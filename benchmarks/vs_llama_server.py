@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.load import format_table, run_levels
+from benchmarks.load import format_table, print_progress, run_levels
 
 LLAMA_CPP_PYTHON = "0.3.36"
 CACHE = Path(os.environ.get("CHATD_BENCH_CACHE", Path.home() / ".cache" / "chatd-bench"))
@@ -93,8 +93,8 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serving(name: str, cmd: list[str], port: int, log: Path, timeout: float = 300.0
-            ) -> Iterator[str]:
-    """Start a server, wait for /health 200, yield its URL; always kill it afterwards."""
+            ) -> Iterator[tuple[str, int]]:
+    """Start a server, wait for /health 200, yield (URL, pid); always kill it afterwards."""
     print(f"starting {name}: {' '.join(cmd)}", flush=True)
     with open(log, "w") as f:
         # Own process group, so that killing it also kills anything the server spawned.
@@ -111,7 +111,7 @@ def serving(name: str, cmd: list[str], port: int, log: Path, timeout: float = 30
                 if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
                     break
             time.sleep(0.25)
-        yield url
+        yield url, proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -121,6 +121,32 @@ def serving(name: str, cmd: list[str], port: int, log: Path, timeout: float = 30
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def machine_busy(seconds: float = 3.0) -> float:
+    """Percent of all cores busy over `seconds` (Linux /proc/stat; 0 elsewhere)."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        return sum(v) - v[3] - v[4], sum(v)
+    try:
+        b0, t0 = sample()
+        time.sleep(seconds)
+        b1, t1 = sample()
+    except OSError:
+        return 0.0
+    return 100.0 * (b1 - b0) / max(1, t1 - t0)
+
+
+def wait_quiet(max_wait: float, threshold: float = 10.0) -> None:
+    # Anything else on the 2 cores slows llama.cpp many-fold: start only when idle.
+    deadline = time.monotonic() + max_wait
+    while (busy := machine_busy()) > threshold:
+        if time.monotonic() > deadline:
+            print(f"warning: machine still {busy:.0f}% busy, measuring anyway", flush=True)
+            return
+        print(f"machine {busy:.0f}% busy, waiting for it to go quiet", flush=True)
+        time.sleep(10)
 
 
 def tail(path: Path, n: int = 30) -> str:
@@ -136,8 +162,10 @@ def kv_layout(log: Path) -> str:
 def bench(name: str, cmd: list[str], port: int, args: argparse.Namespace,
           levels: list[int]) -> tuple[list[dict[str, Any]], str]:
     log = CACHE / f"{name}.log"
-    with serving(name, cmd, port, log) as url:
-        rows = asyncio.run(run_levels(url, levels, args.requests_per_level, args.max_tokens))
+    wait_quiet(args.wait_quiet)
+    with serving(name, cmd, port, log) as (url, pid):
+        rows = asyncio.run(run_levels(url, levels, args.requests_per_level, args.max_tokens,
+                                      server_pid=pid, on_level=print_progress))
     print(f"\n{name}\n{format_table(rows)}\n", flush=True)
     return rows, kv_layout(log)
 
@@ -175,6 +203,10 @@ def markdown(results: dict[str, list[dict[str, Any]]], layouts: dict[str, str],
             f"| {rc['tok_per_s']:.1f} | {rl['tok_per_s']:.1f} "
             f"| {ms(rc['ttft_p50_s'])} | {ms(rl['ttft_p50_s'])} "
             f"| {ms(rc['itl_p50_s'])} | {ms(rl['itl_p50_s'])} |")
+    worst = {k: max((r["other_cpu_pct"] or 0.0) for r in v) for k, v in results.items()}
+    lines += ["", "Largest share of the CPU used by other processes during a level: "
+              + ", ".join(f"{k} {v:.0f}%" for k, v in worst.items())
+              + " (above a few percent, distrust the numbers)."]
     lines += ["", "KV cache layout (from each server's log): "
               + ", ".join(f"{k}: {v}" for k, v in layouts.items()) + ".", "", "Commands:", ""]
     for k, v in cmds.items():
@@ -210,6 +242,8 @@ def main() -> None:
     ap.add_argument("--llama-server", default=None, help="use this binary instead of building one")
     ap.add_argument("--only", choices=["chatd", "llama-server"], default=None,
                     help="run one server only (no ratios, README untouched)")
+    ap.add_argument("--wait-quiet", type=float, default=600.0,
+                    help="seconds to wait for an idle machine before each server")
     ap.add_argument("--json", dest="json_out", default=None)
     ap.add_argument("--no-readme", action="store_true")
     args = ap.parse_args()

@@ -41,7 +41,9 @@ class Runner(Protocol):
     tokenizer: Tokenizer
 
     def forward(self, items: list[BatchItem]) -> np.ndarray:
-        """One forward over all items; a logits row (float32) for each item that wants one."""
+        """One forward over all items; a logits row (float32) for each item that wants one.
+
+        The rows may live in the runner's own buffers: they are valid until the next forward."""
         ...
 
     def truncate(self, slot: int, keep: int) -> int:

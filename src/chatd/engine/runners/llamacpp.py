@@ -121,11 +121,10 @@ class LlamaCppRunner:
         rc = llama_cpp.llama_decode(self.ctx, batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
-        vocab = self.tokenizer.n_vocab
-        rows = np.empty((len(outputs), vocab), dtype=np.float32)
-        for r, i in enumerate(outputs):
-            rows[r] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, i), (vocab,))
-        return rows
+        # The rows of the tokens that asked for logits, in batch order, in llama.cpp's own buffer:
+        # read in place (no copy), valid until the next forward.
+        logits = llama_cpp.llama_get_logits(self.ctx)
+        return np.ctypeslib.as_array(logits, (len(outputs), self.tokenizer.n_vocab))
 
     def truncate(self, slot: int, keep: int) -> int:
         if llama_cpp.llama_memory_seq_rm(self.memory, slot, keep, -1):
