@@ -40,13 +40,17 @@ TEMPLATES = [
     "Tell me a long story that involves {t}. Describe everything.",
     "Give a thorough lecture on {t}, covering every aspect you know.",
 ]
+READERS = ["a child", "an engineer", "a historian", "a farmer", "a sailor", "a teacher",
+           "a painter", "a doctor"]
 
 
 def prompt_for(i: int) -> str:
     # Deterministic per index: two runs (or two servers) see the same prompt sequence.
-    # 4 templates x 16 topics = 64 distinct prompts before one repeats.
+    # 4 x 16 x 8 = 512 distinct prompts, so a server's prompt cache can only reuse the
+    # shared chat-template prefix, never a whole earlier prompt (it would flatter TTFT).
     topic = TOPICS[(i // len(TEMPLATES)) % len(TOPICS)]
-    return TEMPLATES[i % len(TEMPLATES)].format(t=topic)
+    reader = READERS[(i // (len(TEMPLATES) * len(TOPICS))) % len(READERS)]
+    return TEMPLATES[i % len(TEMPLATES)].format(t=topic) + f" Write it for {reader}."
 
 
 @dataclass
@@ -149,8 +153,8 @@ def _other_cpu_pct(a: tuple[float, float, float] | None, b: tuple[float, float, 
 
 
 async def run_level(client: httpx.AsyncClient, url: str, model: str, concurrency: int,
-                    n_requests: int, max_tokens: int,
-                    server_pid: int | None = None) -> dict[str, Any]:
+                    n_requests: int, max_tokens: int, server_pid: int | None = None,
+                    first_prompt: int = 0) -> dict[str, Any]:
     next_i = 0
     results: list[Result] = []
 
@@ -159,7 +163,8 @@ async def run_level(client: httpx.AsyncClient, url: str, model: str, concurrency
         while next_i < n_requests:
             i = next_i
             next_i += 1  # no await between read and write: safe in one event loop
-            results.append(await one_request(client, url, model, prompt_for(i), max_tokens))
+            prompt = prompt_for(first_prompt + i)
+            results.append(await one_request(client, url, model, prompt, max_tokens))
 
     cpu0, t0 = _cpu_seconds(server_pid), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -224,11 +229,13 @@ async def run_levels(url: str, levels: list[int], requests_per_level: int | None
         model = model or await resolve_model(client, url)
         if warmup:
             # One short request so lazy initialisation doesn't land in the first level.
-            await one_request(client, url, model, prompt_for(0), 8)
+            await one_request(client, url, model, "Hello!", 8)
         out = []
+        first = 0  # levels continue the prompt sequence instead of repeating it
         for c in levels:
             n = requests_per_level or max(8, 2 * c)
-            row = await run_level(client, url, model, c, n, max_tokens, server_pid)
+            row = await run_level(client, url, model, c, n, max_tokens, server_pid, first)
+            first += n
             row["model"] = model
             out.append(row)
             if on_level:
@@ -279,7 +286,7 @@ def main() -> None:
     rows = asyncio.run(run_levels(a.url, levels, a.requests_per_level, a.max_tokens, a.model,
                                   server_pid=a.server_pid, on_level=print_progress))
     print(f"{a.url}  model={rows[0]['model'] if rows else '?'}  max_tokens={a.max_tokens}")
-    print(format_table(rows))
+    print(format_table(rows), flush=True)
     for r in rows:
         if r["first_error"]:
             print(f"C={r['concurrency']}: {r['errors']} failed, first: {r['first_error']}")
