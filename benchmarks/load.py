@@ -81,9 +81,15 @@ class Result:
 
 
 async def one_request(
-    client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int
+    client: httpx.AsyncClient,
+    url: str,
+    model: str,
+    prompt: str,
+    max_tokens: int,
+    extra_body: dict[str, Any] | None = None,
 ) -> Result:
     body = {
+        **(extra_body or {}),
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
@@ -181,6 +187,7 @@ async def run_level(
     max_tokens: int,
     server_pid: int | None = None,
     first_prompt: int = 0,
+    extra_body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     next_i = 0
     results: list[Result] = []
@@ -191,7 +198,7 @@ async def run_level(
             i = next_i
             next_i += 1  # no await between read and write: safe in one event loop
             prompt = prompt_for(first_prompt + i)
-            results.append(await one_request(client, url, model, prompt, max_tokens))
+            results.append(await one_request(client, url, model, prompt, max_tokens, extra_body))
 
     cpu0, t0 = _cpu_seconds(server_pid), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -242,6 +249,7 @@ async def run_levels(
     warmup: bool = True,
     server_pid: int | None = None,
     on_level: Callable[[dict[str, Any]], None] | None = None,
+    extra_body: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run each concurrency level in turn; one dict of metrics per level.
 
@@ -251,6 +259,7 @@ async def run_levels(
 
     requests_per_level defaults to max(8, 2*C): two full waves at high concurrency,
     enough samples at C=1, and a whole 1,8,32 run stays around a minute on 2 cores.
+    extra_body is merged into every request (e.g. a response_format).
     """
     url = url.rstrip("/")
     # Generous read timeout: at 32 streams on 2 cores a token can take a while.
@@ -266,7 +275,9 @@ async def run_levels(
         first = 0  # levels continue the prompt sequence instead of repeating it
         for c in levels:
             n = requests_per_level or max(8, 2 * c)
-            row = await run_level(client, url, model, c, n, max_tokens, server_pid, first)
+            row = await run_level(
+                client, url, model, c, n, max_tokens, server_pid, first, extra_body
+            )
             first += n
             row["model"] = model
             out.append(row)

@@ -40,7 +40,6 @@ SERVER_DIR = CACHE / f"llama-server-{LLAMA_CPP_PYTHON}"
 SERVER_BIN = SERVER_DIR / "build" / "bin" / "llama-server"
 ROOT = Path(__file__).resolve().parent.parent
 README = Path(__file__).resolve().parent / "README.md"
-START, END = "<!-- vs-llama-server:start -->", "<!-- vs-llama-server:end -->"
 # No network during the build: no curl/openssl for model downloads, no web UI fetch.
 CMAKE_FLAGS = [
     "-DCMAKE_BUILD_TYPE=Release",
@@ -279,13 +278,15 @@ def markdown(
     return "\n".join(lines)
 
 
-def write_readme(section: str) -> None:
+def write_readme(section: str, marker: str = "vs-llama-server") -> None:
+    """Replace the README's section between <!-- marker:start --> and <!-- marker:end -->."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     text = README.read_text()
-    if START not in text or END not in text:
-        text += f"\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    _, foot = rest.split(END, 1)
-    README.write_text(f"{head}{START}\n{section}\n{END}{foot}")
+    if start not in text or end not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    _, foot = rest.split(end, 1)
+    README.write_text(f"{head}{start}\n{section}\n{end}{foot}")
 
 
 def main() -> None:

@@ -30,11 +30,15 @@ class SamplerState:
         self.context_ids.add(token)
 
 
-def adjust_logits(logits: np.ndarray, state: SamplerState) -> np.ndarray:
-    """logit_bias, repetition_penalty (CTRL), frequency and presence penalties (OpenAI's)."""
+def adjust_logits(
+    logits: np.ndarray, state: SamplerState, allowed: np.ndarray | None = None
+) -> np.ndarray:
+    """logit_bias, repetition_penalty (CTRL), frequency and presence penalties (OpenAI's),
+    then the grammar's mask (`allowed`, one bool per token) over all of them."""
     p = state.params
-    if not (p.logit_bias or p.repetition_penalty != 1.0 or state.output_counts):
-        return logits
+    penalised = (p.frequency_penalty or p.presence_penalty) and state.output_counts
+    if not (p.logit_bias or p.repetition_penalty != 1.0 or penalised):
+        return logits if allowed is None else np.where(allowed, logits, -np.inf)
     out = logits.astype(np.float32, copy=True)
     if p.logit_bias:
         ids = np.fromiter(p.logit_bias.keys(), dtype=np.int64)
@@ -43,10 +47,12 @@ def adjust_logits(logits: np.ndarray, state: SamplerState) -> np.ndarray:
         ids = np.fromiter(state.context_ids, dtype=np.int64)
         seen = out[ids]
         out[ids] = np.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
-    if (p.frequency_penalty or p.presence_penalty) and state.output_counts:
+    if penalised:
         ids = np.fromiter(state.output_counts.keys(), dtype=np.int64)
         counts = np.fromiter(state.output_counts.values(), dtype=np.float32)
         out[ids] -= counts * p.frequency_penalty + p.presence_penalty
+    if allowed is not None:
+        out[~allowed] = -np.inf
     return out
 
 
@@ -97,5 +103,6 @@ def log_softmax_at(logits: np.ndarray, token: int, k: int) -> tuple[float, list[
     if k > 0:
         best = np.argpartition(x, -k)[-k:]
         best = best[np.argsort(-x[best], kind="stable")]
-        top = [(int(i), float(x[i] - lse)) for i in best]
+        # Tokens a grammar forbids have no probability to report.
+        top = [(int(i), float(x[i] - lse)) for i in best if np.isfinite(x[i])]
     return float(x[token] - lse), top

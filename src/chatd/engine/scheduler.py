@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from chatd.engine.constraints import allowed_tokens, fill_masks
 from chatd.engine.runners.base import BatchItem, Runner
 from chatd.engine.sampler import adjust_logits, choose, log_softmax_at
 from chatd.engine.sequence import Sequence
@@ -92,9 +93,10 @@ class Scheduler:
         if not items:
             return
         logits = self.runner.forward(items)
+        allowed = self._grammar_masks(sampling)
         events: Events = []
         for seq, row in zip(sampling, logits, strict=True):
-            events.append((seq, self._advance(seq, row)))
+            events.append((seq, self._advance(seq, row, allowed.get(seq.id))))
         for seq, event in events:
             if event.done:
                 self._release(seq)
@@ -137,19 +139,36 @@ class Scheduler:
                 sampling.append(seq)
         return items, sampling
 
-    def _advance(self, seq: Sequence, logits: np.ndarray) -> TokenEvent:
+    def _grammar_masks(self, sampling: list[Sequence]) -> dict[str, np.ndarray]:
+        """The allowed tokens of every constrained sequence, computed together."""
+        constrained = [s for s in sampling if s.request.constraint]
+        if not constrained:
+            return {}
+        n_vocab = self.tokenizer.n_vocab
+        masks = fill_masks([s.request.constraint for s in constrained], n_vocab)
+        return {s.id: allowed_tokens(m, n_vocab) for s, m in zip(constrained, masks, strict=True)}
+
+    def _advance(self, seq: Sequence, logits: np.ndarray, allowed=None) -> TokenEvent:
         """Sample the next token of seq and turn it into text, applying stop rules."""
         params = seq.request.sampling
-        logits = adjust_logits(logits, seq.sampler)
+        logits = adjust_logits(logits, seq.sampler, allowed)
         token = choose(logits, params, seq.sampler.rng)
         seq.sampler.accept(token)
+        constraint = seq.request.constraint
+        if constraint:
+            constraint.consume(token)
+            if constraint.error:
+                event = TokenEvent(error=f"grammar: {constraint.error}")
+                self._count(seq, event)
+                return event
         seq.tokens.append(token)
-        event = TokenEvent(logprobs=self._logprobs(logits, token, params.top_logprobs, params))
+        event = TokenEvent()
         finish = None
-        if token in self.tokenizer.eog:
+        if token in self.tokenizer.eog:  # not part of the answer: no text, no logprobs entry
             text, finish = seq.detokenizer.flush(), "stop"
         else:
             text = seq.detokenizer.step(token)
+            event.logprobs = self._logprobs(logits, token, params.top_logprobs, params)
         event.text, matched = seq.stop.feed(text)
         if matched:
             finish = "stop"

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatd.engine.constraints import Constraint
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class GenerationRequest:
     sampling: SamplingParams
     max_tokens: int
     stop: tuple[str, ...] = ()
+    constraint: Constraint | None = None  # a grammar the output must follow
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
 from chatd.chat.prompt import build_prompt
+from chatd.chat.structured import response_format_grammar
 from chatd.config import Settings
+from chatd.engine.constraints import Constraint, GrammarError
 from chatd.engine.types import GenerationRequest, SamplingParams, TokenEvent, TokenLogprob
 from chatd.models.registry import LoadedModel
 from chatd.server.errors import ChatdError, bad_request
@@ -30,6 +32,7 @@ def prepare(body: ChatRequest, model: LoadedModel, settings: Settings) -> list[G
         bias = body.bias_map(runner.tokenizer.n_vocab)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
+    constraint = _constraint(body, runner.tokenizer)
     room = runner.n_ctx - len(prompt)
     if room < 1:
         raise bad_request(
@@ -64,16 +67,22 @@ def prepare(body: ChatRequest, model: LoadedModel, settings: Settings) -> list[G
             sampling=sampling if body.seed is None else replace(sampling, seed=body.seed + i),
             max_tokens=max_tokens,
             stop=tuple(body.stop),
+            constraint=constraint.copy() if constraint else None,
         )
         for i in range(n)
     ]
 
 
+def _constraint(body: ChatRequest, tokenizer) -> Constraint | None:
+    try:
+        grammar = response_format_grammar(body.response_format)
+        return Constraint(tokenizer.grammar_tokenizer, grammar) if grammar else None
+    except GrammarError as exc:
+        raise bad_request(f"response_format: {exc}") from exc
+
+
 def _refuse_unsupported(body: ChatRequest) -> None:
-    """Constrained output is refused rather than silently ignored until it is implemented."""
-    fmt = body.response_format
-    if fmt and fmt.type != "text":
-        raise bad_request(f"response_format: type {fmt.type!r} is not supported yet")
+    """Tool calls are refused rather than silently ignored until they are implemented."""
     if body.tools and body.tool_choice != "none":
         raise bad_request("tools: tool calling is not supported yet (tool_choice 'none' only)")
 

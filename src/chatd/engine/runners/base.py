@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,6 +27,7 @@ class Tokenizer(Protocol):
     chat_template: str | None
     bos_token: str
     eos_token: str
+    grammar_tokenizer: Any  # llguidance's LLTokenizer, for constrained decoding
 
     def encode(self, text: str) -> list[int]:
         """Token ids of text, special tokens in the text parsed as such, no BOS added."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import llama_cpp
 import numpy as np
+from llguidance.llamacpp import lltokenizer_from_vocab
 
 from chatd.engine.runners.base import BatchItem
 
@@ -39,6 +40,8 @@ class LlamaCppTokenizer:
         self.eos_token = self._special_text(llama_cpp.llama_vocab_eos(vocab))
         template = llama_cpp.llama_model_chat_template(model, None)
         self.chat_template = template.decode("utf-8") if template else None
+        # llguidance's view of the vocabulary, for grammars (a quarter second to build).
+        self.grammar_tokenizer = lltokenizer_from_vocab(vocab, eos_token=sorted(self.eog))
 
     def encode(self, text: str) -> list[int]:
         data = text.encode("utf-8")

@@ -1,0 +1,39 @@
+"""response_format, in all six shapes both dialects send, as a grammar (or None for text)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from chatd.engine.constraints import GrammarError, json_schema_grammar, regex_grammar
+from chatd.server.protocol import ResponseFormat
+
+ANY_OBJECT = {"type": "object"}
+
+
+def response_format_grammar(fmt: ResponseFormat | None) -> str | None:
+    """Raises GrammarError for a schema or pattern that is not usable."""
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "regex":
+        if not isinstance(fmt.value, str) or not fmt.value:
+            raise GrammarError("type 'regex' needs the pattern as a string in 'value'")
+        return regex_grammar(fmt.value)
+    if fmt.type == "json_schema":  # OpenAI: {"json_schema": {"name", "schema", "strict"}}
+        schema = (fmt.json_schema or {}).get("schema")
+    else:  # HF "json" and "json_object" carry the schema in "value"; none means any object
+        schema = fmt.value
+    return json_schema_grammar(_schema(schema))
+
+
+def _schema(schema: Any) -> dict[str, Any]:
+    if schema is None:
+        return ANY_OBJECT
+    if isinstance(schema, str):  # HF documents the schema as a string holding JSON
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as exc:
+            raise GrammarError(f"the schema is not valid JSON: {exc}") from exc
+    if not isinstance(schema, dict):
+        raise GrammarError(f"a JSON schema must be an object, got {type(schema).__name__}")
+    return schema
