@@ -88,6 +88,17 @@ def server():
 
 
 @pytest.fixture(scope="session")
+def qwen_url():
+    """Qwen2.5-Coder-0.5B (native tool calling), started only for the tests that ask for it."""
+    srv = Server("--model", "Qwen/Qwen2.5-Coder-0.5B-Instruct", "--parallel", "4", "--ctx", "2048")
+    try:
+        srv.wait_ready(timeout=300)
+        yield srv.url
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
 def base_url(server) -> str:
     return server.url
 

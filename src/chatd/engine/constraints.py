@@ -42,7 +42,9 @@ def lark_grammar(lark: str) -> str:
 
 
 class Constraint:
-    """One sequence's grammar state."""
+    """One sequence's grammar state, in force from the first token."""
+
+    active = True
 
     def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str):
         self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
@@ -54,12 +56,63 @@ class Constraint:
         twin.matcher = self.matcher.deep_copy()
         return twin
 
-    def consume(self, token: int) -> None:
+    def consume(self, token: int, text: str = "") -> None:
         self.matcher.consume_token(token)
 
     @property
     def error(self) -> str | None:
         return _clean(self.matcher.get_error()) if self.matcher.is_error() else None
+
+
+class LazyConstraint:
+    """A grammar that takes hold only once the output starts with a trigger (say `{` or
+    `<tool_call>`): the model may answer freely, but a call, once begun, must be valid.
+
+    The grammar describes the whole output; on the trigger it replays the tokens so far.
+    """
+
+    def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str, triggers: tuple[str, ...]):
+        self._tokenizer, self._grammar, self._triggers = tokenizer, grammar, triggers
+        Constraint(tokenizer, grammar)  # compile once now, so a bad grammar fails the request
+        self._tokens: list[int] = []
+        self._head = ""
+        self._inner: Constraint | None = None
+        self._given_up = False
+
+    @property
+    def active(self) -> bool:
+        return self._inner is not None
+
+    @property
+    def matcher(self) -> llguidance.LLMatcher:
+        return self._inner.matcher
+
+    @property
+    def error(self) -> str | None:
+        return self._inner.error if self._inner else None
+
+    def copy(self) -> LazyConstraint:
+        return LazyConstraint(self._tokenizer, self._grammar, self._triggers)
+
+    def consume(self, token: int, text: str = "") -> None:
+        if self._inner:
+            self._inner.consume(token)
+            return
+        if self._given_up:
+            return
+        self._tokens.append(token)
+        self._head += text
+        head = self._head.lstrip()
+        if not head:
+            return
+        if any(head.startswith(t) for t in self._triggers):
+            inner = Constraint(self._tokenizer, self._grammar)
+            if inner.matcher.consume_tokens(self._tokens) and not inner.error:
+                self._inner = inner
+            else:
+                self._given_up = True
+        elif not any(t.startswith(head) for t in self._triggers):
+            self._given_up = True  # plain text: the grammar never applies
 
 
 def fill_masks(constraints: list[Constraint], n_vocab: int) -> np.ndarray:

