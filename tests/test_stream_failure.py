@@ -17,7 +17,8 @@ import pytest
 from chatd.chat.template import ChatTemplate
 from chatd.config import Settings
 from chatd.engine.engine import Engine
-from chatd.models.registry import LoadedModel, ModelState, Registry
+from chatd.models.loader import LoadedModel
+from chatd.models.registry import ModelState, Registry
 from chatd.models.sources import ModelSource
 from chatd.server.app import create_app
 from tests.conftest import serve_in_thread
@@ -64,7 +65,7 @@ class BreaksOnFourthForward:
 @pytest.fixture
 def failing_url(tmp_path: Path):
     settings = Settings()
-    registry = Registry(settings, ModelSource("test/broken", tmp_path / "none.gguf"))
+    registry = Registry(settings, [ModelSource("test/broken", tmp_path / "none.gguf")])
     runner = BreaksOnFourthForward()
     registry.default.loaded = LoadedModel("test/broken", Engine(runner), ChatTemplate(None))
     registry.default.state = ModelState.READY

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -25,26 +26,62 @@ def _opt(help: str, env: str, **kw):
 @app.command()
 def serve(
     model: Annotated[
-        str | None, _opt("GGUF path, or ID=PATH; default: the packaged model", "MODEL")
+        list[str],
+        _opt("GGUF path, packaged id or ID=PATH (repeatable; the first is the default)", "MODEL"),
+    ] = [],  # noqa: B006
+    models_dir: Annotated[
+        Path | None, _opt("serve the GGUF files and HF folders in this folder", "MODELS_DIR")
     ] = None,
     alias: Annotated[
-        list[str], _opt("another name for the served model (repeatable)", "ALIAS")
+        list[str], _opt("another name for the default model (repeatable)", "ALIAS")
     ] = [],  # noqa: B006
     host: Annotated[str, _opt("address to listen on", "HOST")] = DEFAULTS.host,
     port: Annotated[int, _opt("port to listen on", "PORT")] = DEFAULTS.port,
     parallel: Annotated[
-        int, _opt("sequences decoded together", "PARALLEL", min=1)
+        int, _opt("sequences decoded together, per model", "PARALLEL", min=1)
     ] = DEFAULTS.parallel,
     ctx: Annotated[
         int, _opt("tokens per sequence (prompt + answer)", "CTX", min=16)
     ] = DEFAULTS.ctx,
-    threads: Annotated[
-        int | None, _opt("CPU threads for the model (default: all)", "THREADS")
-    ] = None,
+    threads: Annotated[int | None, _opt("CPU threads per model (default: all)", "THREADS")] = None,
     batch_tokens: Annotated[
         int, _opt("tokens per forward pass", "BATCH_TOKENS", min=1)
     ] = DEFAULTS.batch_tokens,
     max_n: Annotated[int, _opt("largest n per request", "MAX_N", min=1)] = DEFAULTS.max_n,
+    max_loaded_models: Annotated[
+        int, _opt("models loaded at once (0: no limit)", "MAX_LOADED_MODELS", min=0)
+    ] = 0,
+    memory_budget: Annotated[
+        str, _opt("model bytes loaded at once, e.g. 2GB (0: no limit)", "MEMORY_BUDGET")
+    ] = "0",
+    keep_alive: Annotated[
+        float, _opt("unload a model idle this many seconds (0: never)", "KEEP_ALIVE", min=0)
+    ] = 0,
+    wait_timeout: Annotated[
+        float, _opt("longest x-wait-for-model wait, seconds", "WAIT_TIMEOUT", min=0)
+    ] = DEFAULTS.wait_timeout,
+    load_retry: Annotated[
+        float, _opt("seconds before a failed load is retried", "LOAD_RETRY", min=0)
+    ] = DEFAULTS.load_retry,
+    max_queue: Annotated[
+        int, _opt("requests waiting per model before 429", "MAX_QUEUE", min=1)
+    ] = DEFAULTS.max_queue,
+    request_timeout: Annotated[
+        float, _opt("seconds one request may generate (0: no limit)", "REQUEST_TIMEOUT", min=0)
+    ] = 0,
+    cache_url: Annotated[
+        str | None, _opt("response cache: sqlite (default), memory or redis://...", "CACHE_URL")
+    ] = None,
+    cache_dir: Annotated[
+        Path, _opt("folder for the SQLite cache and assembled models", "CACHE_DIR")
+    ] = DEFAULTS.cache_dir,
+    cache_max_bytes: Annotated[
+        str, _opt("response cache size cap, e.g. 256MB", "CACHE_MAX_BYTES")
+    ] = "256MB",
+    api_key: Annotated[list[str], _opt("accepted API key (repeatable)", "API_KEY")] = [],  # noqa: B006
+    api_key_file: Annotated[
+        Path | None, _opt("file of API keys, one per line", "API_KEY_FILE")
+    ] = None,
     log_level: Annotated[
         str, _opt("debug, info, warning or error", "LOG_LEVEL")
     ] = DEFAULTS.log_level,
@@ -57,21 +94,38 @@ def serve(
     from chatd.server.app import create_app
 
     settings = Settings(
-        host=host, port=port, model=model, aliases=alias, parallel=parallel, ctx=ctx,
-        threads=threads, batch_tokens=batch_tokens, max_n=max_n, log_level=log_level,
+        host=host, port=port, models=model, models_dir=models_dir, aliases=alias,
+        parallel=parallel, ctx=ctx, threads=threads, batch_tokens=batch_tokens, max_n=max_n,
+        max_loaded_models=max_loaded_models, memory_budget=parse_size(memory_budget),
+        keep_alive=keep_alive, wait_timeout=wait_timeout, load_retry=load_retry,
+        max_queue=max_queue, request_timeout=request_timeout, cache_url=cache_url,
+        cache_dir=cache_dir, cache_max_bytes=parse_size(cache_max_bytes), api_keys=api_key,
+        api_key_file=api_key_file, log_level=log_level,
     )  # fmt: skip
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        source = sources.resolve(model)
+        found = sources.discover(settings.models, settings.models_dir)
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    registry = Registry(settings, source)
+    registry = Registry(settings, found)
     _show_load_progress(registry)
-    registry.load_in_background()
+    registry.start_loading(registry.default)
     uvicorn.run(create_app(settings, registry), host=host, port=port, log_level=log_level.lower())
+
+
+def parse_size(text: str) -> int:
+    """'2GB', '512MiB', '1000' -> bytes (decimal and binary units)."""
+    units = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+             "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}  # fmt: skip
+    number = text.strip().upper().removesuffix("B")
+    digits = number.rstrip("KMGTI")
+    try:
+        return int(float(digits) * units[number[len(digits) :]])
+    except (ValueError, KeyError) as exc:
+        raise typer.BadParameter(f"not a size: {text!r} (try 2GB or 512MiB)") from exc
 
 
 def _show_load_progress(registry) -> None:
@@ -86,20 +140,26 @@ def _show_load_progress(registry) -> None:
     progress.start()
 
     def update(entry) -> None:
+        if entry is not registry.default or not progress.live.is_started:
+            return
         progress.update(task, completed=entry.progress)
         if entry.progress >= 1.0:
             progress.stop()
 
-    registry.on_progress = update
+    registry.listeners.append(update)
 
 
 @app.command()
-def models():
-    """List the models that can be served here."""
-    from chatd.models.sources import packaged_models
+def models(
+    models_dir: Annotated[
+        Path | None, _opt("also list the models in this folder", "MODELS_DIR")
+    ] = None,
+):
+    """List the models that can be served here (packaged, and those in --models-dir)."""
+    from chatd.models.sources import packaged_models, scan_models_dir
 
-    table = Table("id", "path", title="packaged models")
-    for source in packaged_models():
+    table = Table("id", "path", title="models")
+    for source in packaged_models() + (scan_models_dir(models_dir) if models_dir else []):
         table.add_row(source.id, str(source.path))
     Console().print(table)
 

@@ -4,17 +4,37 @@ environment variable (CHATD_<NAME>), wired in cli.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
-    model: str | None = None  # a GGUF path, or ID=PATH; None serves the packaged default
-    aliases: list[str] = field(default_factory=list)  # more names that mean the served model
-    parallel: int = 8  # sequences decoded together (KV cache slots)
+    # Models: GGUF paths or ID=PATH (repeatable); none serves the packaged default. The first
+    # is the default model, loaded at start; the others load on first use.
+    models: list[str] = field(default_factory=list)
+    models_dir: Path | None = None  # GGUF files and Hugging Face folders found there
+    aliases: list[str] = field(default_factory=list)  # more names for the default model
+    parallel: int = 8  # sequences decoded together (KV cache slots), per model
     ctx: int = 4096  # tokens per sequence, prompt and answer together
-    threads: int | None = None  # CPU threads for the model; None = all cores
+    threads: int | None = None  # CPU threads for each model; None = all cores
     batch_tokens: int = 512  # tokens one forward may take (decode tokens plus prompt chunks)
     max_n: int = 16  # largest `n` (choices per request)
+    # Residency: 0 means no limit.
+    max_loaded_models: int = 0
+    memory_budget: int = 0  # bytes of model files loaded at once
+    keep_alive: float = 0  # seconds idle before a model is unloaded
+    wait_timeout: float = 300  # longest x-wait-for-model wait, seconds
+    load_retry: float = 30  # seconds before a failed load is tried again
+    # Backpressure: requests beyond max_queue waiting for a model's slots get 429.
+    max_queue: int = 256
+    request_timeout: float = 0  # seconds one request may generate; 0 = no limit
+    # Response cache (x-use-cache): sqlite under cache_dir by default, or memory, or redis://.
+    cache_url: str | None = None
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "chatd")
+    cache_max_bytes: int = 256 * 2**20
+    # Auth: with keys set, the API needs `authorization: Bearer <key>`.
+    api_keys: list[str] = field(default_factory=list)
+    api_key_file: Path | None = None
     log_level: str = "info"

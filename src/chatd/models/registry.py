@@ -1,11 +1,15 @@
 """The served models by id, and their states: available -> loading -> ready | failed.
 
-A model loads in a background thread; until it is ready a request gets 503 with an
-`estimated_time` worked out from the load's measured progress.
+A model loads in a background thread on first use (the default one at start). Until it is
+ready a request gets 503 with an `estimated_time` worked out from the load's measured
+progress, or, with `x-wait-for-model: true`, waits for it. Loading makes room first: the
+least recently used idle model is unloaded while --max-loaded-models or --memory-budget
+would be exceeded; --keep-alive unloads models idle for longer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -13,11 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from chatd.chat.template import ChatTemplate
 from chatd.config import Settings
-from chatd.engine.engine import Engine
-from chatd.engine.runners.llamacpp import LlamaCppRunner
-from chatd.models.sources import ModelSource
+from chatd.models.loader import LoadedModel, load_model
+from chatd.models.sources import ModelSource, from_hf_cache
 from chatd.server.errors import ChatdError
 
 log = logging.getLogger(__name__)
@@ -33,14 +35,7 @@ class ModelState(StrEnum):
     FAILED = "failed"
 
 
-@dataclass
-class LoadedModel:
-    id: str
-    engine: Engine
-    template: ChatTemplate
-
-
-@dataclass
+@dataclass(eq=False)
 class ModelEntry:
     source: ModelSource
     aliases: set[str] = field(default_factory=set)
@@ -48,11 +43,18 @@ class ModelEntry:
     progress: float = 0.0
     load_started: float = 0.0
     error: str | None = None
+    failed_at: float = 0.0
     loaded: LoadedModel | None = None
+    last_used: float = 0.0
+    leases: int = 0  # requests holding the model; it is never unloaded under them
 
     @property
     def id(self) -> str:
         return self.source.id
+
+    @property
+    def idle(self) -> bool:
+        return self.leases == 0 and self.state is ModelState.READY
 
     def estimated_time(self) -> float:
         """Seconds left, from the elapsed time and the fraction loaded so far."""
@@ -63,40 +65,77 @@ class ModelEntry:
 
 
 class Registry:
-    def __init__(self, settings: Settings, source: ModelSource):
+    def __init__(self, settings: Settings, sources: list[ModelSource]):
         self.settings = settings
-        self.default = ModelEntry(source, aliases=set(settings.aliases))
-        self.entries = {source.id: self.default}
-        self.on_progress: Callable[[ModelEntry], None] | None = None
-
-    def load_in_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self._load, args=(self.default,), daemon=True)
-        self.default.state, self.default.load_started = ModelState.LOADING, time.monotonic()
-        thread.start()
-        return thread
+        self.entries = {s.id: ModelEntry(s) for s in sources}
+        self.default = self.entries[sources[0].id]
+        self.default.aliases |= set(settings.aliases)
+        self.listeners: list[Callable[[ModelEntry], None]] = []  # progress and state changes
 
     def find(self, name: str | None) -> ModelEntry:
-        """The entry a request names (by id or alias); the default for none, dummy or tgi."""
+        """The entry a request names (id or alias; the local HF cache as a last resort);
+        the default for none, `dummy` or `tgi`."""
         if name is None or name in DEFAULT_NAMES:
             return self.default
         for entry in self.entries.values():
             if name == entry.id or name in entry.aliases:
                 return entry
-        raise ChatdError(404, f"Model {name} is not served here", "not_found")
+        source = from_hf_cache(name) if name.count("/") == 1 else None
+        if source is None:
+            raise ChatdError(404, f"Model {name} is not served here", "not_found")
+        self.entries[name] = entry = ModelEntry(source)
+        return entry
 
-    def ready(self, name: str | None) -> LoadedModel:
+    async def acquire(self, name: str | None, wait: bool = False) -> tuple[ModelEntry, LoadedModel]:
+        """The ready model, leased until `release`; starts its load if needed."""
         entry = self.find(name)
-        if entry.state is ModelState.READY and entry.loaded:
-            return entry.loaded
-        if entry.state is ModelState.FAILED:
-            raise ChatdError(500, f"Model {entry.id} failed to load: {entry.error}", "generation")
-        raise ChatdError(
-            503,
-            f"Model {entry.id} is currently loading",
-            "loading",
-            headers={"x-should-retry": "false"},
-            estimated_time=entry.estimated_time(),
-        )
+        deadline = time.monotonic() + self.settings.wait_timeout
+        while True:
+            if entry.state is ModelState.READY and entry.loaded:
+                entry.leases += 1
+                entry.last_used = time.monotonic()
+                return entry, entry.loaded
+            if entry.state is ModelState.FAILED:
+                if time.monotonic() - entry.failed_at < self.settings.load_retry:
+                    raise ChatdError(
+                        500, f"Model {entry.id} failed to load: {entry.error}", "loading",
+                        headers={"x-should-retry": "false"},
+                    )  # fmt: skip
+                self.start_loading(entry)  # the back-off has passed: try again
+            elif entry.state is ModelState.AVAILABLE:
+                self.start_loading(entry)
+            if not wait or time.monotonic() > deadline:
+                raise ChatdError(
+                    503, f"Model {entry.id} is currently loading", "loading",
+                    headers={"x-should-retry": "false"}, estimated_time=entry.estimated_time(),
+                )  # fmt: skip
+            await asyncio.sleep(0.1)
+
+    def release(self, entry: ModelEntry) -> None:
+        entry.leases -= 1
+        entry.last_used = time.monotonic()
+
+    def start_loading(self, entry: ModelEntry) -> None:
+        self._make_room(entry)
+        entry.state, entry.progress, entry.error = ModelState.LOADING, 0.0, None
+        entry.load_started = time.monotonic()
+        self._notify(entry)
+        threading.Thread(target=self._load, args=(entry,), daemon=True).start()
+
+    def unload(self, entry: ModelEntry) -> None:
+        loaded, entry.loaded = entry.loaded, None
+        entry.state, entry.progress = ModelState.AVAILABLE, 0.0
+        self._notify(entry)
+        if loaded:
+            loaded.engine.close()
+        log.info("unloaded %s", entry.id)
+
+    def unload_idle(self, older_than: float) -> None:
+        """--keep-alive: unload models nobody used for `older_than` seconds."""
+        now = time.monotonic()
+        for entry in list(self.entries.values()):
+            if entry.idle and now - entry.last_used > older_than:
+                self.unload(entry)
 
     def close(self) -> None:
         for entry in self.entries.values():
@@ -104,29 +143,52 @@ class Registry:
                 entry.loaded.engine.close()
                 entry.loaded = None
 
-    def _load(self, entry: ModelEntry) -> None:
+    def _make_room(self, incoming: ModelEntry) -> None:
         s = self.settings
+        if s.memory_budget and incoming.source.size > s.memory_budget:
+            raise ChatdError(
+                503, f"Model {incoming.id} ({incoming.source.size} bytes) does not fit in the "
+                f"memory budget of {s.memory_budget} bytes", "overloaded",
+            )  # fmt: skip
+        while self._too_full(incoming):
+            idle = [e for e in self.entries.values() if e.idle and e is not incoming]
+            if not idle:
+                raise ChatdError(
+                    503, f"No idle model can be unloaded to make room for {incoming.id}",
+                    "overloaded", headers={"retry-after": "5"},
+                )  # fmt: skip
+            self.unload(min(idle, key=lambda e: e.last_used))
 
+    def _too_full(self, incoming: ModelEntry) -> bool:
+        s = self.settings
+        resident = [
+            e for e in self.entries.values()
+            if e.state in (ModelState.READY, ModelState.LOADING) and e is not incoming
+        ]  # fmt: skip
+        if s.max_loaded_models and len(resident) + 1 > s.max_loaded_models:
+            return True
+        used = sum(e.source.size for e in resident) + incoming.source.size
+        return bool(s.memory_budget) and used > s.memory_budget
+
+    def _load(self, entry: ModelEntry) -> None:
         def progress(value: float) -> None:
             entry.progress = value
-            if self.on_progress:
-                self.on_progress(entry)
+            self._notify(entry)
 
         try:
-            runner = LlamaCppRunner(
-                str(entry.source.path),
-                n_slots=s.parallel,
-                n_ctx=s.ctx,
-                n_threads=s.threads,
-                max_batch_tokens=s.batch_tokens,
-                progress=progress,
-            )
-            tok = runner.tokenizer
-            template = ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token)
-            entry.loaded = LoadedModel(entry.id, Engine(runner), template)
-            entry.state = ModelState.READY
+            entry.loaded = load_model(entry.source, self.settings, progress)
+            entry.state, entry.last_used = ModelState.READY, time.monotonic()
             log.info("model %s ready in %.1f s", entry.id, time.monotonic() - entry.load_started)
         except Exception as exc:
             log.exception("model %s failed to load", entry.id)
-            entry.state, entry.error = ModelState.FAILED, str(exc)
-        progress(1.0)
+            entry.state, entry.error, entry.failed_at = (
+                ModelState.FAILED,
+                str(exc),
+                time.monotonic(),
+            )
+        entry.progress = 1.0
+        self._notify(entry)
+
+    def _notify(self, entry: ModelEntry) -> None:
+        for listener in self.listeners:
+            listener(entry)

@@ -1,4 +1,5 @@
-"""Where model weights come from: the packaged default, or a path the user gives."""
+"""Where model weights come from: packaged models, paths the user gives, a models folder, and
+the local Hugging Face cache (read offline)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,59 @@ class ModelSource:
     id: str
     path: Path
 
+    @property
+    def size(self) -> int:
+        """Bytes on disk: the estimate of what the model takes in memory once loaded."""
+        if self.path.is_dir():
+            return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return self.path.stat().st_size if self.path.exists() else 0
+
+
+def discover(specs: list[str], models_dir: Path | None) -> list[ModelSource]:
+    """Every model this server can serve, the default (the first) first: the --model specs
+    (or the packaged default when there are none), the packaged models, then --models-dir."""
+    found = [resolve(spec) for spec in specs] if specs else [resolve(None)]
+    found += packaged_models()
+    if models_dir:
+        found += scan_models_dir(models_dir)
+    unique: dict[str, ModelSource] = {}
+    for source in found:
+        unique.setdefault(source.id, source)
+    return list(unique.values())
+
+
+def scan_models_dir(root: Path) -> list[ModelSource]:
+    """GGUF files (id: the file name without .gguf) and Hugging Face model folders (a
+    config.json; id: the folder name) directly inside root."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"models folder not found: {root}")
+    out = []
+    for entry in sorted(root.iterdir()):
+        if entry.suffix == ".gguf" and entry.is_file():
+            out.append(ModelSource(entry.name.removesuffix(".gguf"), entry))
+        elif (entry / "config.json").is_file():
+            out.append(ModelSource(entry.name, entry))
+    return out
+
+
+def from_hf_cache(repo_id: str) -> ModelSource | None:
+    """`org/name` from the local Hugging Face cache, offline: its newest snapshot folder (or
+    the GGUF file in it, when there is exactly one)."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        repos = [
+            r for r in scan_cache_dir().repos if r.repo_id == repo_id and r.repo_type == "model"
+        ]
+    except CacheNotFound:
+        return None
+    if not repos or not repos[0].revisions:
+        return None
+    snapshot = max(repos[0].revisions, key=lambda r: r.last_modified).snapshot_path
+    ggufs = sorted(snapshot.glob("*.gguf"))
+    return ModelSource(repo_id, ggufs[0] if len(ggufs) == 1 else snapshot)
+
 
 def packaged_models() -> list[ModelSource]:
     """Models that ship inside installed PyPI packages (the Qwen file is assembled on use)."""
@@ -42,10 +96,15 @@ def _package_dir(name: str) -> Path | None:
     )
 
 
+def materialise(source: ModelSource) -> Path:
+    """The file to load: packaged models split over packages are assembled on first use."""
+    if source.id == QWEN_ID and not source.path.exists():
+        return assemble_qwen(source.path)
+    return source.path
+
+
 def assemble_qwen(target: Path) -> Path:
     """Concatenate the six parts once into the cache, checking the whole file's checksum."""
-    if target.exists():
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
     digest = hashlib.sha256()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import asynccontextmanager
 
@@ -18,8 +19,10 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if registry.default.state is ModelState.AVAILABLE:
-            registry.load_in_background()
+            registry.start_loading(registry.default)
+        keep_alive = asyncio.create_task(_keep_alive(registry, settings.keep_alive))
         yield
+        keep_alive.cancel()
         registry.close()
 
     app = FastAPI(title="chatd", version=__version__, lifespan=lifespan, redirect_slashes=False)
@@ -29,3 +32,12 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     errors.install(app)
     app.include_router(router)
     return app
+
+
+async def _keep_alive(registry: Registry, seconds: float) -> None:
+    """--keep-alive: look for idle models now and then, and unload those idle too long."""
+    if not seconds:
+        return
+    while True:
+        await asyncio.sleep(min(seconds / 4, 5.0))
+        registry.unload_idle(seconds)

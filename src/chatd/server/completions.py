@@ -108,9 +108,13 @@ class _Choice:
     last: TokenEvent | None = None
 
 
-async def complete(model: LoadedModel, job: Job, body: ChatRequest):
+async def complete(model: LoadedModel, job: Job, body: ChatRequest, time_limit: float = 0):
     """Run every choice to its end and build the non-stream body."""
-    choices = await asyncio.gather(*(_collect(model, r) for r in job.requests))
+    try:
+        async with asyncio.timeout(time_limit or None):
+            choices = await asyncio.gather(*(_collect(model, r) for r in job.requests))
+    except TimeoutError:
+        raise ChatdError(504, _timed_out(time_limit), "timeout") from None
     usage = _usage([c.last for c in choices])
     out = []
     for i, c in enumerate(choices):
@@ -148,8 +152,23 @@ async def _collect(model: LoadedModel, request: GenerationRequest) -> _Choice:
     return choice
 
 
-async def stream(model: LoadedModel, job: Job, body: ChatRequest) -> AsyncIterator[str]:
+async def stream(
+    model: LoadedModel, job: Job, body: ChatRequest, time_limit: float = 0
+) -> AsyncIterator[str]:
     """SSE: role in each choice's first delta only, usage only when asked, then [DONE]."""
+    try:
+        async with asyncio.timeout(time_limit or None):
+            async for event in _stream(model, job, body):
+                yield event
+    except TimeoutError:
+        yield sse({"error": _timed_out(time_limit), "error_type": "timeout"})
+
+
+def _timed_out(limit: float) -> str:
+    return f"the request ran past its time limit of {limit:g} s and was stopped"
+
+
+async def _stream(model: LoadedModel, job: Job, body: ChatRequest) -> AsyncIterator[str]:
     envelope = Envelope(model.id, model.engine.runner.name)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     started: set[int] = set()

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from chatd import __version__
-from chatd.models.registry import ModelState, Registry
+from chatd.cache.keys import parse_flag
+from chatd.models.loader import LoadedModel
+from chatd.models.registry import ModelEntry, ModelState, Registry
 from chatd.server import completions
 from chatd.server.errors import ChatdError, bad_request, describe_validation
 from chatd.server.protocol import MAX_STOP, MAX_TOP_LOGPROBS, ChatRequest
@@ -30,6 +33,7 @@ def _registry(request: Request) -> Registry:
 
 
 async def chat_completions(request: Request):
+    registry, settings = _registry(request), request.app.state.settings
     # Parsed here rather than by FastAPI so that any content-type (curl's default too) is JSON.
     try:
         body = ChatRequest.model_validate_json(await request.body())
@@ -38,17 +42,45 @@ async def chat_completions(request: Request):
     if body.model_extra:
         log.debug("ignoring unknown fields: %s", sorted(body.model_extra))
     org, name = request.path_params.get("org"), request.path_params.get("name")
+    wait = parse_flag(request.headers.get("x-wait-for-model"), default=False)
     # A model named in the path wins over the body's.
-    model = _registry(request).ready(f"{org}/{name}" if org else body.model)
-    job = completions.prepare(body, model, request.app.state.settings)
-    if body.stream:
-        return StreamingResponse(
-            completions.stream(model, job, body),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-        )
-    result = await _unless_disconnected(request, completions.complete(model, job, body))
-    return JSONResponse(result)
+    entry, model = await registry.acquire(f"{org}/{name}" if org else body.model, wait)
+    streaming = False
+    try:
+        job = completions.prepare(body, model, settings)
+        _refuse_when_queue_full(model, len(job.requests), settings.max_queue)
+        if body.stream:
+            events = completions.stream(model, job, body, settings.request_timeout)
+            streaming = True
+            return StreamingResponse(
+                _released(events, registry, entry),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            )
+        work = completions.complete(model, job, body, settings.request_timeout)
+        return JSONResponse(await _unless_disconnected(request, work))
+    finally:
+        if not streaming:
+            registry.release(entry)
+
+
+def _refuse_when_queue_full(model: LoadedModel, incoming: int, max_queue: int) -> None:
+    waiting = model.engine.scheduler.counts()["waiting"]
+    if waiting + incoming > max_queue:
+        raise ChatdError(
+            429, f"Model {model.id} has {waiting} requests waiting (limit {max_queue}); "
+            "try again shortly", "overloaded", headers={"retry-after": "1"},
+        )  # fmt: skip
+
+
+async def _released(events: AsyncIterator[str], registry: Registry, entry: ModelEntry):
+    """A stream that gives its model back when it ends, however it ends."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        await events.aclose()
+        registry.release(entry)
 
 
 _BODY_SCHEMA = {
@@ -91,7 +123,13 @@ async def health(request: Request):
     registry = _registry(request)
     if registry.default.state is ModelState.READY:
         return {"status": "ok", "model": registry.default.id}
-    registry.ready(None)  # raises the loading (or failed) error with its details
+    entry = registry.default
+    if entry.state is ModelState.FAILED:
+        raise ChatdError(503, f"Model {entry.id} failed to load: {entry.error}", "loading")
+    raise ChatdError(
+        503, f"Model {entry.id} is currently loading", "loading",
+        headers={"x-should-retry": "false"}, estimated_time=entry.estimated_time(),
+    )  # fmt: skip
 
 
 @router.get("/v1/models")
@@ -107,6 +145,8 @@ async def list_models(request: Request):
                 "owned_by": "chatd",
                 "state": e.state.value,
                 "aliases": sorted(e.aliases),
+                **({"estimated_time": e.estimated_time()} if e.state is ModelState.LOADING else {}),
+                **({"error": e.error} if e.state is ModelState.FAILED else {}),
             }
             for e in registry.entries.values()
         ],
