@@ -76,8 +76,9 @@ def serve_in_thread(app):
 
 @pytest.fixture(scope="session")
 def server():
+    # No response cache: these tests must see the engine answer every time.
     srv = Server(
-        "--parallel", str(PARALLEL), "--ctx", str(CTX),
+        "--parallel", str(PARALLEL), "--ctx", str(CTX), "--cache-url", "off",
         "--alias", SNIPPET_TEXT_MODEL, "--alias", SNIPPET_VISION_MODEL,
     )  # fmt: skip
     try:
@@ -90,7 +91,10 @@ def server():
 @pytest.fixture(scope="session")
 def qwen_url():
     """Qwen2.5-Coder-0.5B (native tool calling), started only for the tests that ask for it."""
-    srv = Server("--model", "Qwen/Qwen2.5-Coder-0.5B-Instruct", "--parallel", "4", "--ctx", "2048")
+    srv = Server(
+        "--model", "Qwen/Qwen2.5-Coder-0.5B-Instruct", "--parallel", "4", "--ctx", "2048",
+        "--cache-url", "off",
+    )  # fmt: skip
     try:
         srv.wait_ready(timeout=300)
         yield srv.url

@@ -22,10 +22,12 @@ HI = [{"role": "user", "content": "hi"}]
 @pytest.fixture
 def loading(tmp_path: Path):
     """A server whose model is a quarter loaded after 3 seconds: about 9 seconds to go."""
-    registry = Registry(Settings(), [ModelSource("test/slow", tmp_path / "slow.gguf")])
+    registry = Registry(
+        Settings(cache_url="off"), [ModelSource("test/slow", tmp_path / "slow.gguf")]
+    )
     entry = registry.default
     entry.state, entry.progress, entry.load_started = ModelState.LOADING, 0.25, time.monotonic() - 3
-    app = create_app(Settings(), registry)
+    app = create_app(Settings(cache_url="off"), registry)
     hits = []
 
     @app.middleware("http")

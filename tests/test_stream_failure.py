@@ -64,7 +64,7 @@ class BreaksOnFourthForward:
 
 @pytest.fixture
 def failing_url(tmp_path: Path):
-    settings = Settings()
+    settings = Settings(cache_url="off")
     registry = Registry(settings, [ModelSource("test/broken", tmp_path / "none.gguf")])
     runner = BreaksOnFourthForward()
     registry.default.loaded = LoadedModel("test/broken", Engine(runner), ChatTemplate(None))

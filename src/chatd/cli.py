@@ -70,7 +70,8 @@ def serve(
         float, _opt("seconds one request may generate (0: no limit)", "REQUEST_TIMEOUT", min=0)
     ] = 0,
     cache_url: Annotated[
-        str | None, _opt("response cache: sqlite (default), memory or redis://...", "CACHE_URL")
+        str | None,
+        _opt("response cache: sqlite (default), memory, redis://... or off", "CACHE_URL"),
     ] = None,
     cache_dir: Annotated[
         Path, _opt("folder for the SQLite cache and assembled models", "CACHE_DIR")
@@ -111,9 +112,14 @@ def serve(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
     registry = Registry(settings, found)
+    try:
+        app_ = create_app(settings, registry)
+    except ValueError as exc:  # an unreadable key file, an unknown cache URL
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
     _show_load_progress(registry)
     registry.start_loading(registry.default)
-    uvicorn.run(create_app(settings, registry), host=host, port=port, log_level=log_level.lower())
+    uvicorn.run(app_, host=host, port=port, log_level=log_level.lower())
 
 
 def parse_size(text: str) -> int:

@@ -3,12 +3,66 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from typing import Protocol
 
 from chatd.engine.runners.base import Runner
 from chatd.engine.scheduler import Events, Scheduler
 from chatd.engine.sequence import Sequence
 from chatd.engine.types import GenerationRequest, TokenEvent
+
+
+class Observer(Protocol):
+    """Whoever watches a model's latencies and token counts (the metrics)."""
+
+    def first_token(self, seconds: float) -> None: ...
+    def next_token(self, seconds: float) -> None: ...
+    def finished(self, prompt_tokens: int, completion_tokens: int) -> None: ...
+
+
+class Generation:
+    """One submitted sequence's events, until one is done. Closing it early aborts the
+    sequence (idempotent), so a client that leaves frees its slot at the next step."""
+
+    def __init__(self, engine: Engine, request_id: str, queue: asyncio.Queue[TokenEvent]):
+        self._engine, self.id, self._queue = engine, request_id, queue
+        self._done = False
+        self._last: float | None = None  # when the previous event arrived
+        self._started = time.monotonic()
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._done:
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        self._observe(event)
+        if event.done:
+            self._done = True
+            self._engine.forget(self.id)
+        return event
+
+    def _observe(self, event: TokenEvent) -> None:
+        observer, now = self._engine.observer, time.monotonic()
+        if observer is None:
+            return
+        if self._last is None:
+            observer.first_token(now - self._started)
+        else:
+            observer.next_token(now - self._last)
+        self._last = now
+        if event.done:
+            observer.finished(event.prompt_tokens, event.completion_tokens)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._engine.forget(self.id)
+            self._engine.scheduler.abort(self.id)
 
 
 class Engine:
@@ -17,23 +71,19 @@ class Engine:
         self.tokenizer = runner.tokenizer
         self.scheduler = Scheduler(runner, self._on_events)
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self.observer: Observer | None = None
         self.scheduler.start()
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        """Yields events until one is done. Closing the iterator early aborts the sequence."""
+    def submit(self, request: GenerationRequest) -> Generation:
+        """Queue the request now (synchronously: a caller can check capacity and submit
+        with nothing in between) and return its events."""
         queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self._queues[request.id] = (asyncio.get_running_loop(), queue)
         self.scheduler.submit(Sequence(request, self.tokenizer))
-        done = False
-        try:
-            while not done:
-                event = await queue.get()
-                done = event.done
-                yield event
-        finally:
-            self._queues.pop(request.id, None)
-            if not done:
-                self.scheduler.abort(request.id)
+        return Generation(self, request.id, queue)
+
+    def forget(self, request_id: str) -> None:
+        self._queues.pop(request_id, None)
 
     def close(self) -> None:
         self.scheduler.stop()

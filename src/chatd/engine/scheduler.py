@@ -57,8 +57,10 @@ class Scheduler:
             self._cv.notify()
 
     def counts(self) -> dict[str, int]:
-        """Sequences decoding and waiting for a slot (read from another thread: a snapshot)."""
-        return {"running": len(self.running), "waiting": len(self.waiting) + len(self._inbox)}
+        """Sequences decoding, and those that will have to wait for a slot (read from another
+        thread: a snapshot). Submitted ones that a free slot will take at once do not wait."""
+        queued = len(self.waiting) + len(self._inbox)
+        return {"running": len(self.running), "waiting": max(0, queued - len(self._free_slots))}
 
     def stop(self) -> None:
         with self._cv:

@@ -1,4 +1,5 @@
-"""The FastAPI app factory: settings and registry in, an ASGI app out."""
+"""The FastAPI app factory: settings and registry in, an ASGI app out, with its response
+cache, API-key check and metrics."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import Response
 
 from chatd import __version__
+from chatd.cache import ResponseCache, open_cache
 from chatd.config import Settings
-from chatd.models.registry import ModelState, Registry
+from chatd.models.registry import ModelEntry, ModelState, Registry
 from chatd.server import errors
+from chatd.server.auth import ApiKeyMiddleware, load_keys
+from chatd.server.metrics import Metrics, MetricsMiddleware
 from chatd.server.routes import router
 
 
 def create_app(settings: Settings, registry: Registry) -> FastAPI:
+    metrics = Metrics()
+    registry.listeners.append(_model_metrics(metrics))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if registry.default.state is ModelState.AVAILABLE:
@@ -24,14 +32,67 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
         yield
         keep_alive.cancel()
         registry.close()
+        if app.state.cache:
+            app.state.cache.close()
 
     app = FastAPI(title="chatd", version=__version__, lifespan=lifespan, redirect_slashes=False)
     app.state.settings = settings
     app.state.registry = registry
+    app.state.metrics = metrics
+    app.state.cache = _cache(settings)
     app.state.started = time.time()
     errors.install(app)
     app.include_router(router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        for entry in registry.entries.values():
+            if entry.loaded:  # gauges read now, at scrape time
+                counts = entry.loaded.engine.scheduler.counts()
+                metrics.set_sequences(entry.id, counts["running"], counts["waiting"])
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    # The last added is the outermost: metrics see every request, the refused ones too.
+    app.add_middleware(ApiKeyMiddleware, keys=load_keys(settings.api_keys, settings.api_key_file))
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def _cache(settings: Settings) -> ResponseCache | None:
+    if settings.cache_url == "off":
+        return None
+    return open_cache(settings.cache_url, settings.cache_dir, settings.cache_max_bytes)
+
+
+def _model_metrics(metrics: Metrics):
+    """A registry listener: model states, load times, and each engine's token latencies."""
+
+    def on_change(entry: ModelEntry) -> None:
+        metrics.set_model_state(entry.id, entry.state.value)
+        if (
+            entry.state is ModelState.READY
+            and entry.loaded
+            and entry.loaded.engine.observer is None
+        ):
+            metrics.observe_load(entry.id, time.monotonic() - entry.load_started)
+            entry.loaded.engine.observer = _EngineMetrics(metrics, entry.id)
+
+    return on_change
+
+
+class _EngineMetrics:
+    def __init__(self, metrics: Metrics, model: str):
+        self.metrics, self.model = metrics, model
+
+    def first_token(self, seconds: float) -> None:
+        self.metrics.observe_ttft(self.model, seconds)
+
+    def next_token(self, seconds: float) -> None:
+        self.metrics.observe_itl(self.model, seconds)
+
+    def finished(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.metrics.add_tokens(self.model, prompt_tokens, completion_tokens)
 
 
 async def _keep_alive(registry: Registry, seconds: float) -> None:

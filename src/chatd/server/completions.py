@@ -6,20 +6,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
 from chatd.chat.prompt import build_prompt
 from chatd.chat.structured import response_format_grammar
-from chatd.chat.tools import ToolCallStream, ToolPlan, constraint_for, parse_tool_calls, plan_tools
+from chatd.chat.tools import ToolPlan, constraint_for, parse_tool_calls, plan_tools
 from chatd.config import Settings
 from chatd.engine.constraints import Constraint, GrammarError
+from chatd.engine.engine import Generation
 from chatd.engine.types import GenerationRequest, SamplingParams, TokenEvent, TokenLogprob
 from chatd.models.registry import LoadedModel
 from chatd.server.errors import ChatdError, bad_request
 from chatd.server.protocol import ChatRequest
-from chatd.server.responses import DONE, Envelope, Usage, logprobs_body, sse
+from chatd.server.responses import Envelope, Usage, logprobs_body
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,15 @@ class Job:
 
     requests: list[GenerationRequest]
     tools: ToolPlan | None
+    running: list[Generation] = field(default_factory=list)
+
+    def start(self, model: LoadedModel) -> None:
+        """Submit every choice at once, with no await in between (see the queue check)."""
+        self.running = [model.engine.submit(r) for r in self.requests]
+
+    def close(self) -> None:
+        for generation in self.running:
+            generation.close()
 
 
 def prepare(body: ChatRequest, model: LoadedModel, settings: Settings) -> Job:
@@ -102,20 +111,31 @@ def _constraint(body: ChatRequest, tools: ToolPlan | None, tokenizer):
 
 
 @dataclass
-class _Choice:
+class Collected:
+    """One choice's output so far: its text, logprobs and latest event."""
+
     text: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     last: TokenEvent | None = None
+
+    def add(self, event: TokenEvent) -> None:
+        self.text.append(event.text)
+        self.logprobs.extend(event.logprobs)
+        self.last = event
 
 
 async def complete(model: LoadedModel, job: Job, body: ChatRequest, time_limit: float = 0):
     """Run every choice to its end and build the non-stream body."""
     try:
         async with asyncio.timeout(time_limit or None):
-            choices = await asyncio.gather(*(_collect(model, r) for r in job.requests))
+            choices = await asyncio.gather(*(_collect(g) for g in job.running))
     except TimeoutError:
-        raise ChatdError(504, _timed_out(time_limit), "timeout") from None
-    usage = _usage([c.last for c in choices])
+        raise ChatdError(504, timed_out(time_limit), "timeout") from None
+    return completion_body(model, job, body, choices)
+
+
+def completion_body(model: LoadedModel, job: Job, body: ChatRequest, choices: list[Collected]):
+    """The non-stream body: also what a finished stream leaves in the response cache."""
     out = []
     for i, c in enumerate(choices):
         message: dict = {"role": "assistant", "content": "".join(c.text)}
@@ -123,7 +143,7 @@ async def complete(model: LoadedModel, job: Job, body: ChatRequest, time_limit: 
         if job.tools:
             message["content"], calls = parse_tool_calls(message["content"])
             if calls:
-                message["tool_calls"], finish = calls, _tool_finish(finish)
+                message["tool_calls"], finish = calls, tool_finish(finish)
         out.append(
             {
                 "index": i,
@@ -132,125 +152,30 @@ async def complete(model: LoadedModel, job: Job, body: ChatRequest, time_limit: 
                 "finish_reason": finish,
             }
         )
+    usage = usage_of([c.last for c in choices])
     return Envelope(model.id, model.engine.runner.name).completion(out, usage)
 
 
-def _tool_finish(finish: str | None) -> str | None:
+def tool_finish(finish: str | None) -> str | None:
     """A call that ended by itself is a tool_calls finish; one cut short stays `length`."""
     return "tool_calls" if finish == "stop" else finish
 
 
-async def _collect(model: LoadedModel, request: GenerationRequest) -> _Choice:
-    choice = _Choice()
-    async with aclosing(model.engine.generate(request)) as events:
-        async for event in events:
-            if event.error:
-                raise ChatdError(500, event.error, "generation")
-            choice.text.append(event.text)
-            choice.logprobs.extend(event.logprobs)
-            choice.last = event
-    return choice
-
-
-async def stream(
-    model: LoadedModel, job: Job, body: ChatRequest, time_limit: float = 0
-) -> AsyncIterator[str]:
-    """SSE: role in each choice's first delta only, usage only when asked, then [DONE]."""
-    try:
-        async with asyncio.timeout(time_limit or None):
-            async for event in _stream(model, job, body):
-                yield event
-    except TimeoutError:
-        yield sse({"error": _timed_out(time_limit), "error_type": "timeout"})
-
-
-def _timed_out(limit: float) -> str:
+def timed_out(limit: float) -> str:
     return f"the request ran past its time limit of {limit:g} s and was stopped"
 
 
-async def _stream(model: LoadedModel, job: Job, body: ChatRequest) -> AsyncIterator[str]:
-    envelope = Envelope(model.id, model.engine.runner.name)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    started: set[int] = set()
-    held = (
-        {i: ToolCallStream(job.tools.forced) for i in range(len(job.requests))} if job.tools else {}
-    )
-    finals: list[TokenEvent] = []
-
-    def chunk(index: int, delta: dict, logprobs=None, finish: str | None = None) -> str:
-        if index not in started:
-            started.add(index)
-            delta = {"role": "assistant", **delta}
-        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-        return sse(envelope.chunk([choice], include_usage))
-
-    async with aclosing(_merge(model, job.requests)) as events:
-        async for index, event in events:
+async def _collect(generation: Generation) -> Collected:
+    choice = Collected()
+    async with aclosing(generation) as events:
+        async for event in events:
             if event.error:
-                yield sse({"error": event.error, "error_type": "generation"})
-                return
-            text = held[index].feed(event.text) if held else event.text
-            logprobs = logprobs_body(event.logprobs) if body.logprobs and event.logprobs else None
-            finish = event.finish_reason
-            if event.done and held:
-                content, calls = held[index].finish()
-                text += content
-                if calls:
-                    if text:
-                        yield chunk(index, {"content": text}, logprobs)
-                        text, logprobs = "", None
-                    for piece in _call_deltas(calls):
-                        yield chunk(index, piece)
-                    finish = _tool_finish(finish)
-            if text or logprobs or event.done:
-                yield chunk(index, {"content": text}, logprobs, finish)
-            if event.done:
-                finals.append(event)
-    if include_usage:
-        yield sse(envelope.usage_chunk(_usage(finals)))
-    yield DONE
+                raise ChatdError(500, event.error, "generation")
+            choice.add(event)
+    return choice
 
 
-def _call_deltas(calls: list[dict], piece: int = 24):
-    """Each call: id, type and name in its first fragment only, then the arguments in pieces."""
-    for i, call in enumerate(calls):
-        f = call["function"]
-        yield {"tool_calls": [{"index": i, "id": call["id"], "type": "function",
-                               "function": {"name": f["name"], "arguments": ""}}]}  # fmt: skip
-        args = f["arguments"]
-        for at in range(0, len(args), piece):
-            yield {"tool_calls": [{"index": i, "function": {"arguments": args[at : at + piece]}}]}
-
-
-async def _merge(
-    model: LoadedModel, requests: list[GenerationRequest]
-) -> AsyncIterator[tuple[int, TokenEvent]]:
-    """The events of every choice, interleaved as they come."""
-    if len(requests) == 1:
-        async with aclosing(model.engine.generate(requests[0])) as events:
-            async for event in events:
-                yield 0, event
-        return
-    queue: asyncio.Queue[tuple[int, TokenEvent]] = asyncio.Queue()
-
-    async def pump(index: int, request: GenerationRequest) -> None:
-        async with aclosing(model.engine.generate(request)) as events:
-            async for event in events:
-                queue.put_nowait((index, event))
-
-    tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            index, event = await queue.get()
-            remaining -= event.done
-            yield index, event
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
-def _usage(finals: list[TokenEvent | None]) -> Usage:
+def usage_of(finals: list[TokenEvent | None]) -> Usage:
     """The prompt counts once however many choices share it."""
     finals = [f for f in finals if f]
     if not finals:

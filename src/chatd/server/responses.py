@@ -60,6 +60,7 @@ class Envelope:
     runner: str
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
+    fingerprint: str | None = None  # given when replaying a cached response
 
     def _head(self, obj: str) -> dict[str, Any]:
         return {
@@ -67,7 +68,7 @@ class Envelope:
             "object": obj,
             "created": self.created,
             "model": self.model,
-            "system_fingerprint": f"chatd-{__version__}-{self.runner}",
+            "system_fingerprint": self.fingerprint or f"chatd-{__version__}-{self.runner}",
         }
 
     def completion(self, choices: list[dict[str, Any]], usage: Usage) -> dict[str, Any]:
@@ -79,5 +80,5 @@ class Envelope:
             body["usage"] = None
         return body
 
-    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
-        return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage.body()}
+    def usage_chunk(self, usage: dict[str, Any]) -> dict[str, Any]:
+        return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,8 @@ from chatd.cache.keys import parse_flag
 from chatd.models.loader import LoadedModel
 from chatd.models.registry import ModelEntry, ModelState, Registry
 from chatd.server import completions
+from chatd.server import streaming as streaming_
+from chatd.server.caching import CacheLookup
 from chatd.server.errors import ChatdError, bad_request, describe_validation
 from chatd.server.protocol import MAX_STOP, MAX_TOP_LOGPROBS, ChatRequest
 
@@ -34,34 +37,63 @@ def _registry(request: Request) -> Registry:
 
 async def chat_completions(request: Request):
     registry, settings = _registry(request), request.app.state.settings
-    # Parsed here rather than by FastAPI so that any content-type (curl's default too) is JSON.
+    data, body = _parse(await request.body())
+    org, name = request.path_params.get("org"), request.path_params.get("name")
+    entry = registry.find(f"{org}/{name}" if org else body.model)  # the path wins over the body
+    cache = CacheLookup.for_request(request, entry.id, data)
+    if cached := cache.lookup():
+        return _cached_response(cached, body, cache)
+    wait = parse_flag(request.headers.get("x-wait-for-model"), default=False)
+    entry, model = await registry.acquire(entry.id, wait)
+    job, streaming = None, False
     try:
-        body = ChatRequest.model_validate_json(await request.body())
+        job = completions.prepare(body, model, settings)
+        _refuse_when_queue_full(model, len(job.requests), settings.max_queue)
+        job.start(model)  # right after the check, nothing awaited in between
+        if body.stream:
+            events = streaming_.stream(
+                model, job, body, settings.request_timeout, on_complete=cache.store
+            )
+            streaming = True
+            return StreamingResponse(
+                _released(events, job, registry, entry),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no", **cache.headers},
+            )
+        work = completions.complete(model, job, body, settings.request_timeout)
+        result = await _unless_disconnected(request, work)
+        cache.store(result)
+        return JSONResponse(result, headers=cache.headers)
+    finally:
+        if not streaming:  # a stream frees these when it ends
+            if job:
+                job.close()
+            registry.release(entry)
+
+
+def _parse(raw: bytes) -> tuple[dict, ChatRequest]:
+    """The body as sent (for the cache key) and validated. Parsed here rather than by
+    FastAPI so that any content-type (curl's default too) is JSON."""
+    try:
+        data = json.loads(raw)
+        body = ChatRequest.model_validate(data)
+    except json.JSONDecodeError:
+        raise bad_request("the request body is not valid JSON") from None
     except ValidationError as exc:
         raise bad_request(describe_validation(exc)) from None
     if body.model_extra:
         log.debug("ignoring unknown fields: %s", sorted(body.model_extra))
-    org, name = request.path_params.get("org"), request.path_params.get("name")
-    wait = parse_flag(request.headers.get("x-wait-for-model"), default=False)
-    # A model named in the path wins over the body's.
-    entry, model = await registry.acquire(f"{org}/{name}" if org else body.model, wait)
-    streaming = False
-    try:
-        job = completions.prepare(body, model, settings)
-        _refuse_when_queue_full(model, len(job.requests), settings.max_queue)
-        if body.stream:
-            events = completions.stream(model, job, body, settings.request_timeout)
-            streaming = True
-            return StreamingResponse(
-                _released(events, registry, entry),
-                media_type="text/event-stream",
-                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-            )
-        work = completions.complete(model, job, body, settings.request_timeout)
-        return JSONResponse(await _unless_disconnected(request, work))
-    finally:
-        if not streaming:
-            registry.release(entry)
+    return data, body
+
+
+def _cached_response(completion: dict, body: ChatRequest, cache: CacheLookup):
+    if body.stream:  # a JSON body to a stream request would read as an empty stream
+        return StreamingResponse(
+            iter(list(streaming_.replay(completion, body))),
+            media_type="text/event-stream",
+            headers=cache.headers,
+        )
+    return JSONResponse(completion, headers=cache.headers)
 
 
 def _refuse_when_queue_full(model: LoadedModel, incoming: int, max_queue: int) -> None:
@@ -73,13 +105,16 @@ def _refuse_when_queue_full(model: LoadedModel, incoming: int, max_queue: int) -
         )  # fmt: skip
 
 
-async def _released(events: AsyncIterator[str], registry: Registry, entry: ModelEntry):
-    """A stream that gives its model back when it ends, however it ends."""
+async def _released(
+    events: AsyncIterator[str], job: completions.Job, registry: Registry, entry: ModelEntry
+):
+    """A stream that frees its sequences and gives its model back however it ends."""
     try:
         async for event in events:
             yield event
     finally:
         await events.aclose()
+        job.close()
         registry.release(entry)
 
 
@@ -111,9 +146,9 @@ async def _unless_disconnected(request: Request, work):
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if task.cancelled():
+    if not task.done():  # the client left: stop the work and wait until it has let go
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         raise ChatdError(499, "client closed the request", "cancelled")
     return task.result()
 

@@ -1,0 +1,184 @@
+# ruff: noqa: E501
+"""Many models by id: loading on first use, wait-for-model, LRU unloading under a budget,
+keep-alive, failed loads and their retry, --models-dir, backpressure and time limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import huggingface_hub
+import openai
+import pytest
+
+from chatd.models.sources import DEFAULT_MODEL_ID, resolve
+from tests.conftest import Server
+
+SMOL = str(resolve(None).path)
+HI = [{"role": "user", "content": "Say hello."}]
+# SmolLM2's end-of-generation tokens, banned where a request must run to max_tokens.
+NO_END = {"0": -100, "2": -100, "4": -100}
+
+
+@pytest.fixture(scope="module")
+def started():
+    servers: list[Server] = []
+
+    def start(*args: str) -> str:
+        srv = Server("--cache-url", "off", *args)
+        servers.append(srv)
+        srv.wait_ready()
+        return srv.url
+
+    yield start
+    for srv in servers:
+        srv.stop()
+
+
+def states(url: str) -> dict[str, str]:
+    return {m["id"]: m["state"] for m in httpx.get(f"{url}/v1/models").json()["data"]}
+
+
+def ask(url: str, model: str, wait: bool = False, **extra) -> httpx.Response:
+    headers = {"x-wait-for-model": "true"} if wait else {}
+    body = {"model": model, "messages": HI, "max_tokens": 3, **extra}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=120)
+
+
+def test_loading_503_then_wait_for_model_serves(started, tmp_path):
+    url = started("--model", f"a={SMOL}", "--model", f"b={SMOL}")
+    assert states(url) == {
+        "a": "ready",
+        "b": "available",
+        "Qwen/Qwen2.5-Coder-0.5B-Instruct": "available",
+    } | {DEFAULT_MODEL_ID: "available"}
+    first = ask(url, "b")
+    assert first.status_code == 503
+    assert first.json()["error"] == "Model b is currently loading"
+    assert first.json()["estimated_time"] > 0
+    assert first.headers["x-should-retry"] == "false"
+    served = ask(url, "b", wait=True)
+    assert served.status_code == 200 and served.json()["model"] == "b"
+    assert states(url)["b"] == "ready"
+
+
+def test_clients_see_the_loading_state(started):
+    url = started("--model", f"a={SMOL}", "--model", f"c={SMOL}")
+    hf = huggingface_hub.InferenceClient(base_url=f"{url}/models/x/y")  # a path model...
+    with pytest.raises(huggingface_hub.errors.HfHubHTTPError):  # ...that is not served
+        hf.chat_completion(HI)
+    with pytest.raises(openai.APIStatusError) as raised:
+        openai.OpenAI(base_url=f"{url}/v1", api_key="x").chat.completions.create(
+            model="c", messages=HI
+        )
+    assert raised.value.status_code == 503
+    waiting = openai.OpenAI(
+        base_url=f"{url}/v1", api_key="x", default_headers={"X-Wait-For-Model": "1"}
+    )
+    assert waiting.chat.completions.create(model="c", messages=HI, max_tokens=2).model == "c"
+
+
+def test_lru_model_is_unloaded_under_a_memory_budget(started):
+    budget = str(int(2.5 * resolve(None).size))  # room for two copies, not three
+    url = started(
+        "--model", f"a={SMOL}", "--model", f"b={SMOL}", "--model", f"c={SMOL}",
+        "--memory-budget", budget,
+    )  # fmt: skip
+    assert ask(url, "b", wait=True).status_code == 200
+    assert ask(url, "a", wait=True).status_code == 200  # a is now the most recently used
+    assert ask(url, "c", wait=True).status_code == 200  # room for c: b (LRU) goes
+    got = states(url)
+    assert (got["a"], got["b"], got["c"]) == ("ready", "available", "ready")
+
+
+def test_max_loaded_models_and_a_model_in_use_is_kept(started):
+    url = started("--model", f"a={SMOL}", "--model", f"b={SMOL}", "--max-loaded-models", "1")
+
+    async def run():
+        async with httpx.AsyncClient(timeout=120) as client:
+            long = asyncio.create_task(
+                client.post(f"{url}/v1/chat/completions", json={"model": "a", "messages": HI, "max_tokens": 300, "logit_bias": NO_END})
+            )  # fmt: skip
+            await asyncio.sleep(0.3)
+            # a is busy: it cannot be unloaded for b, so b is refused as overloaded for now.
+            refused = await client.post(
+                f"{url}/v1/chat/completions", json={"model": "b", "messages": HI}
+            )
+            await long
+            return refused
+
+    refused = asyncio.run(run())
+    assert refused.status_code == 503 and refused.json()["error_type"] == "overloaded"
+    assert ask(url, "b", wait=True).status_code == 200
+    assert states(url)["a"] == "available" and states(url)["b"] == "ready"
+
+
+def test_keep_alive_unloads_an_idle_model(started):
+    url = started("--model", f"a={SMOL}", "--model", f"b={SMOL}", "--keep-alive", "1")
+    assert ask(url, "b", wait=True).status_code == 200
+    deadline = time.monotonic() + 15
+    while states(url)["b"] != "available":
+        assert time.monotonic() < deadline, states(url)
+        time.sleep(0.2)
+
+
+def test_failed_load_reports_its_cause_and_is_retried(started, tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF but not really")
+    url = started("--model", f"a={SMOL}", "--model", f"bad={broken}", "--load-retry", "1")
+    assert ask(url, "bad").status_code == 503  # loading starts
+    deadline = time.monotonic() + 10
+    while states(url)["bad"] != "failed":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    failed = ask(url, "bad")
+    assert failed.status_code == 500 and "failed to load" in failed.json()["error"]
+    listed = {m["id"]: m for m in httpx.get(f"{url}/v1/models").json()["data"]}
+    assert "could not load" in listed["bad"]["error"]
+    time.sleep(1.2)
+    assert ask(url, "bad").status_code == 503  # after the back-off: loading again
+
+
+def test_models_dir_serves_its_gguf_files(started, tmp_path):
+    (tmp_path / "tiny.gguf").symlink_to(SMOL)
+    url = started("--models-dir", str(tmp_path))
+    assert "tiny" in states(url)
+    assert ask(url, "tiny", wait=True).json()["model"] == "tiny"
+
+
+def test_full_queue_is_429_with_retry_after(started):
+    url = started("--model", f"a={SMOL}", "--parallel", "1", "--max-queue", "1")
+    body = {"messages": HI, "max_tokens": 200, "logit_bias": NO_END}
+
+    async def run():
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(
+                *(client.post(f"{url}/v1/chat/completions", json=body) for _ in range(4))
+            )
+
+    # One slot, one place in the queue: two are served, two are refused, whatever the timing.
+    codes = sorted(r.status_code for r in asyncio.run(run()))
+    assert codes == [200, 200, 429, 429]
+    refused = next(r for r in asyncio.run(run()) if r.status_code == 429)
+    assert refused.json()["error_type"] == "overloaded" and refused.headers["retry-after"]
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    assert client.chat.completions.create(model="a", messages=HI, max_tokens=2).choices
+
+
+def test_request_time_limit(started):
+    url = started("--model", f"a={SMOL}", "--request-timeout", "0.5")
+    long = {
+        "messages": HI,
+        "max_tokens": 2000,
+        "temperature": 1,
+        "seed": 1,
+        "logit_bias": {"2": -100, "0": -100},
+    }
+    r = httpx.post(f"{url}/v1/chat/completions", json=long, timeout=60)
+    assert r.status_code == 504 and "time limit" in r.json()["error"]
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json={**long, "stream": True}, timeout=60
+    ) as s:
+        last = [line for line in s.iter_lines() if line][-1]
+    assert '"error_type": "timeout"' in last
