@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -72,6 +73,65 @@ def serve_in_thread(app):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def _missing(what: str) -> None:
+    """Redis is tested wherever it can be: skip on a developer machine without it, fail in CI
+    (env CI set), where .ci/run installs it: a cache backend nobody tests is a broken one."""
+    message = f"{what}: install it (apt-get install -y redis-server; pip install redis)"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must test the Redis cache, but {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def redis_package():
+    try:
+        import redis
+    except ImportError:
+        _missing("the `redis` Python package is not installed")
+    return redis
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _missing("redis-server is not on PATH")
+    redis = redis_package()
+
+    port = free_port()
+    workdir: Path = tmp_path_factory.mktemp("redis")
+    log_path = workdir / "redis.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_timeout=1)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"redis-server exited early:\n{log_path.read_text()}", pytrace=False)
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"redis-server not ready:\n{log_path.read_text()}", pytrace=False)
+                time.sleep(0.05)
+        yield url
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,8 @@ in CI (env CI set), where .ci/run installs both: a cache backend nobody tests is
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import socket
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -24,69 +20,7 @@ from chatd.cache import (
     open_cache,
 )
 from chatd.cache.redis_cache import KEY_PREFIX
-
-
-def _missing(what: str) -> None:
-    message = f"{what}: install it (apt-get install -y redis-server; pip install redis)"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must test the Redis cache, but {message}", pytrace=False)
-    pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def redis_package():
-    try:
-        import redis
-    except ImportError:
-        _missing("the `redis` Python package is not installed")
-    return redis
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        _missing("redis-server is not on PATH")
-    redis = redis_package()
-
-    port = _free_port()
-    workdir: Path = tmp_path_factory.mktemp("redis")
-    log_path = workdir / "redis.log"
-    with log_path.open("w") as log_file:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_timeout=1)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"redis-server exited early:\n{log_path.read_text()}", pytrace=False)
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"redis-server not ready:\n{log_path.read_text()}", pytrace=False)
-                time.sleep(0.05)
-        yield url
-    finally:
-        client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+from tests.conftest import free_port, redis_package
 
 
 @pytest.fixture
@@ -201,7 +135,7 @@ def test_request_path_hits_on_the_second_identical_request(redis_url, raw, tmp_p
 
 def test_safe_cache_survives_a_port_where_nothing_listens(caplog):
     redis_package()
-    dead = f"redis://127.0.0.1:{_free_port()}/0"
+    dead = f"redis://127.0.0.1:{free_port()}/0"
     cache = SafeCache(RedisCache(dead), cooldown_s=0)  # every call really tries the server
     body = {"messages": [{"role": "user", "content": "hi"}], "seed": 3}
     start = time.monotonic()
