@@ -25,8 +25,8 @@ NO_END = {"0": -100, "2": -100, "4": -100}
 def started():
     servers: list[Server] = []
 
-    def start(*args: str) -> str:
-        srv = Server("--cache-url", "off", *args)
+    def start(*args: str, env: dict[str, str] | None = None) -> str:
+        srv = Server("--cache-url", "off", *args, env=env)
         servers.append(srv)
         srv.wait_ready()
         return srv.url
@@ -182,3 +182,24 @@ def test_request_time_limit(started):
     ) as s:
         last = [line for line in s.iter_lines() if line][-1]
     assert '"error_type": "timeout"' in last
+
+
+def test_org_name_from_the_local_hf_cache(started, tmp_path):
+    # The layout huggingface_hub's cache uses: refs/main names the snapshot, files link to blobs.
+    repo = tmp_path / "models--acme--tiny-chat"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "blobs" / "deadbeef").symlink_to(SMOL)
+    (repo / "snapshots" / "abc123" / "tiny.Q4_1.gguf").symlink_to("../../blobs/deadbeef")
+    url = started("--model", f"a={SMOL}", env={"HF_HUB_CACHE": str(tmp_path)})
+    r = httpx.post(
+        f"{url}/models/acme/tiny-chat/v1/chat/completions",
+        json={"messages": HI, "max_tokens": 2},
+        headers={"x-wait-for-model": "true"},
+        timeout=60,
+    )
+    assert r.status_code == 200 and r.json()["model"] == "acme/tiny-chat"
+    assert states(url)["acme/tiny-chat"] == "ready"
+    assert ask(url, "acme/not-cached").status_code == 404
