@@ -21,6 +21,8 @@ SNIPPET_TEXT_MODEL = "google/gemma-2-2b-it"
 SNIPPET_VISION_MODEL = "meta-llama/Llama-3.2-11B-Vision-Instruct"
 PARALLEL = 8
 CTX = 1024
+# SmolLM2's end-of-generation token ids, banned where a request must run to max_tokens.
+NO_END = {"0": -100, "2": -100, "4": -100}
 
 
 def free_port() -> int:

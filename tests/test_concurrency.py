@@ -9,7 +9,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
-from tests.conftest import PARALLEL
+from tests.conftest import NO_END, PARALLEL
 
 PROMPTS = [
     "Write a short story about a cat.",
@@ -83,7 +83,12 @@ def _sequences(base_url: str) -> dict:
 
 
 def test_disconnected_streams_free_their_slots(base_url):
-    body = {"messages": messages(PROMPTS[0]), "max_tokens": 900, "stream": True, "temperature": 1}
+    body = {
+        "messages": messages(PROMPTS[0]),
+        "max_tokens": 900,
+        "stream": True,
+        "logit_bias": NO_END,
+    }
 
     async def open_and_drop():
         async with httpx.AsyncClient(timeout=60) as client:
@@ -107,7 +112,7 @@ def test_disconnected_streams_free_their_slots(base_url):
 
 
 def test_non_stream_client_that_leaves_frees_its_slot(base_url):
-    body = {"messages": messages(PROMPTS[0]), "max_tokens": 900, "temperature": 1}
+    body = {"messages": messages(PROMPTS[0]), "max_tokens": 900, "logit_bias": NO_END}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=1.0)
     deadline = time.monotonic() + 10

@@ -48,7 +48,7 @@ def test_health_and_chat_are_503_with_estimated_time(loading):
         assert r.status_code == 503
         body = r.json()
         assert body["error"] == "Model test/slow is currently loading"
-        assert 8 <= body["estimated_time"] <= 11  # from the progress measured so far
+        assert 8 <= body["estimated_time"] <= 20  # about 3 s x 3: from the progress so far
         assert r.headers["x-should-retry"] == "false"
 
 

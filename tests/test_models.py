@@ -13,12 +13,10 @@ import openai
 import pytest
 
 from chatd.models.sources import DEFAULT_MODEL_ID, resolve
-from tests.conftest import Server
+from tests.conftest import NO_END, Server
 
 SMOL = str(resolve(None).path)
 HI = [{"role": "user", "content": "Say hello."}]
-# SmolLM2's end-of-generation tokens, banned where a request must run to max_tokens.
-NO_END = {"0": -100, "2": -100, "4": -100}
 
 
 @pytest.fixture(scope="module")
