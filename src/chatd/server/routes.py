@@ -15,8 +15,7 @@ from chatd import __version__
 from chatd.cache.keys import parse_flag
 from chatd.models.loader import LoadedModel
 from chatd.models.registry import ModelEntry, ModelState, Registry
-from chatd.server import completions
-from chatd.server import streaming as streaming_
+from chatd.server import completions, streaming
 from chatd.server.caching import CacheLookup
 from chatd.server.errors import ChatdError, bad_request, describe_validation
 from chatd.server.protocol import MAX_STOP, MAX_TOP_LOGPROBS, ChatRequest
@@ -45,16 +44,16 @@ async def chat_completions(request: Request):
         return _cached_response(cached, body, cache)
     wait = parse_flag(request.headers.get("x-wait-for-model"), default=False)
     entry, model = await registry.acquire(entry.id, wait)
-    job, streaming = None, False
+    job, handed_off = None, False
     try:
         job = completions.prepare(body, model, settings)
         _refuse_when_queue_full(model, len(job.requests), settings.max_queue)
         job.start(model)  # right after the check, nothing awaited in between
         if body.stream:
-            events = streaming_.stream(
+            events = streaming.stream(
                 model, job, body, settings.request_timeout, on_complete=cache.store
             )
-            streaming = True
+            handed_off = True
             return StreamingResponse(
                 _released(events, job, registry, entry),
                 media_type="text/event-stream",
@@ -65,7 +64,7 @@ async def chat_completions(request: Request):
         cache.store(result)
         return JSONResponse(result, headers=cache.headers)
     finally:
-        if not streaming:  # a stream frees these when it ends
+        if not handed_off:  # a stream frees these when it ends
             if job:
                 job.close()
             registry.release(entry)
@@ -89,7 +88,7 @@ def _parse(raw: bytes) -> tuple[dict, ChatRequest]:
 def _cached_response(completion: dict, body: ChatRequest, cache: CacheLookup):
     if body.stream:  # a JSON body to a stream request would read as an empty stream
         return StreamingResponse(
-            iter(list(streaming_.replay(completion, body))),
+            streaming.replay(completion, body),
             media_type="text/event-stream",
             headers=cache.headers,
         )
