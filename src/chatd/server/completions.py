@@ -1,10 +1,9 @@
 """One chat completion: a ChatRequest becomes GenerationRequests (one per choice), whose
-TokenEvents become one JSON body or an SSE stream."""
+TokenEvents become the JSON body (the SSE form is in streaming.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
@@ -16,12 +15,10 @@ from chatd.config import Settings
 from chatd.engine.constraints import Constraint, GrammarError
 from chatd.engine.engine import Generation
 from chatd.engine.types import GenerationRequest, SamplingParams, TokenEvent, TokenLogprob
-from chatd.models.registry import LoadedModel
+from chatd.models.loader import LoadedModel
 from chatd.server.errors import ChatdError, bad_request
 from chatd.server.protocol import ChatRequest
 from chatd.server.responses import Envelope, Usage, logprobs_body
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
