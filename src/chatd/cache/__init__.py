@@ -6,15 +6,10 @@ responses in memory, in SQLite (the default) or in Redis. `open_cache` wraps eve
 `SafeCache`, so a failing cache costs a miss, never a request.
 """
 
-from chatd.cache.backends import (
-    MemoryCache,
-    RedisCache,
-    ResponseCache,
-    SafeCache,
-    SQLiteCache,
-    open_cache,
-)
+from chatd.cache.backends import MemoryCache, ResponseCache, SafeCache, open_cache
 from chatd.cache.keys import cache_key, is_deterministic, parse_flag
+from chatd.cache.redis_cache import RedisCache
+from chatd.cache.sqlite import SQLiteCache
 
 __all__ = [
     "MemoryCache",

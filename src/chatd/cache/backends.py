@@ -3,7 +3,7 @@
 
 Backends store opaque bytes under the keys of `chatd.cache.keys`; what the bytes mean (a
 finished response, serialised) is the HTTP layer's business. SQLite (the default) and Redis
-live in their own modules and are re-exported here.
+live in their own modules.
 """
 
 from __future__ import annotations
@@ -21,15 +21,6 @@ from chatd.cache.redis_cache import RedisCache
 from chatd.cache.sqlite import SQLiteCache
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "MemoryCache",
-    "RedisCache",
-    "ResponseCache",
-    "SQLiteCache",
-    "SafeCache",
-    "open_cache",
-]
 
 
 class ResponseCache(Protocol):
