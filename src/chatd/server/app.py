@@ -17,6 +17,7 @@ from chatd.models.registry import ModelEntry, ModelState, Registry
 from chatd.server import errors
 from chatd.server.auth import ApiKeyMiddleware, load_keys
 from chatd.server.metrics import Metrics, MetricsMiddleware
+from chatd.server.playground import router as playground_router
 from chatd.server.routes import router
 
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     app.state.started = time.time()
     errors.install(app)
     app.include_router(router)
+    app.include_router(playground_router)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
