@@ -98,7 +98,8 @@ def test_max_loaded_models_and_a_model_in_use_is_kept(started):
             long = asyncio.create_task(
                 client.post(f"{url}/v1/chat/completions", json={"model": "a", "messages": HI, "max_tokens": 300, "logit_bias": NO_END})
             )  # fmt: skip
-            await asyncio.sleep(0.3)
+            while (await client.get(f"{url}/info")).json()["sequences"]["running"] == 0:
+                await asyncio.sleep(0.05)  # until a (the default model) is generating
             # a is busy: it cannot be unloaded for b, so b is refused as overloaded for now.
             refused = await client.post(
                 f"{url}/v1/chat/completions", json={"model": "b", "messages": HI}
