@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 from typing import Any
 
-from benchmarks.load import format_table, print_progress, run_levels
+from benchmarks.load import format_table, pool_rows, print_progress, run_levels
 from benchmarks.vs_llama_server import (
     CACHE,
     ROOT,
@@ -60,15 +59,6 @@ def markdown(free: list[dict[str, Any]], constrained: list[dict[str, Any]], args
     return "\n".join(lines)
 
 
-def _pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several runs of one level as one row: tokens over wall time, median latencies."""
-    row = dict(runs[0])
-    row["tok_per_s"] = sum(r["completion_tokens"] for r in runs) / sum(r["wall_s"] for r in runs)
-    for key in ("itl_p50_s", "ttft_p50_s"):
-        row[key] = statistics.median(r[key] for r in runs)
-    return row
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--levels", default="1,8")
@@ -81,7 +71,8 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
     port = free_port()
     cmd = [str(ROOT / ".venv" / "bin" / "chatd"), "serve", "--model", default_gguf(),
-           "--port", str(port), "--parallel", str(args.parallel), "--threads", "2"]  # fmt: skip
+           "--port", str(port), "--parallel", str(args.parallel), "--threads", "2",
+           "--cache-url", "off"]  # fmt: skip
     wait_quiet(600)
     with serving("chatd", cmd, port, CACHE / "constrained-chatd.log") as (url, pid):
         rows: dict[str, list[dict[str, Any]]] = {"free": [], "constrained": []}
@@ -96,7 +87,7 @@ def main() -> None:
                                    server_pid=pid, on_level=print_progress, extra_body=extra)
                     )  # fmt: skip
             for kind, got in runs.items():
-                rows[kind].append(_pooled(got))
+                rows[kind].append(pool_rows(got))
     for kind, table in rows.items():
         print(f"\n{kind}\n{format_table(table)}")
     section = markdown(rows["free"], rows["constrained"], args)

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -284,6 +285,20 @@ async def run_levels(
             if on_level:
                 on_level(row)
         return out
+
+
+def pool_rows(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of one level as one row: tokens over wall time, median latencies."""
+    row = dict(runs[0])
+    row["completion_tokens"] = sum(r["completion_tokens"] for r in runs)
+    row["wall_s"] = sum(r["wall_s"] for r in runs)
+    row["requests"] = sum(r["requests"] for r in runs)
+    row["tok_per_s"] = row["completion_tokens"] / row["wall_s"]
+    for key in ("ttft_p50_s", "ttft_p95_s", "itl_p50_s", "itl_p95_s"):
+        values = [r[key] for r in runs if r[key] is not None]
+        row[key] = statistics.median(values) if values else None
+    row["other_cpu_pct"] = max((r["other_cpu_pct"] or 0 for r in runs), default=None)
+    return row
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
