@@ -85,10 +85,8 @@ def with_tool_prompt(messages: list[dict[str, Any]], plan: ToolPlan) -> list[dic
 
 def constraint_for(plan: ToolPlan, tokenizer: Tokenizer) -> Constraint | LazyConstraint:
     """Forced: the whole answer is calls. Auto: once the answer starts like a call, it is one."""
-    grammar = lark_grammar(_calls_lark(plan, tokenizer))
-    if plan.forced:
-        return Constraint(tokenizer.grammar_tokenizer, grammar)
-    return LazyConstraint(tokenizer.grammar_tokenizer, grammar, (OPEN, "{", "```json"))
+    calls = Constraint(tokenizer.grammar_tokenizer, lark_grammar(_calls_lark(plan, tokenizer)))
+    return calls if plan.forced else LazyConstraint(calls, (OPEN, "{", "```json"))
 
 
 def _calls_lark(plan: ToolPlan, tokenizer: Tokenizer) -> str:

@@ -68,12 +68,13 @@ class LazyConstraint:
     """A grammar that takes hold only once the output starts with a trigger (say `{` or
     `<tool_call>`): the model may answer freely, but a call, once begun, must be valid.
 
-    The grammar describes the whole output; on the trigger it replays the tokens so far.
+    The grammar describes the whole output; on the trigger it replays the tokens so far into
+    a copy of `template`, compiled once with the request (so a bad grammar fails it early)
+    and never advanced itself: copies for other choices and triggers cost no compilation.
     """
 
-    def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str, triggers: tuple[str, ...]):
-        self._tokenizer, self._grammar, self._triggers = tokenizer, grammar, triggers
-        Constraint(tokenizer, grammar)  # compile once now, so a bad grammar fails the request
+    def __init__(self, template: Constraint, triggers: tuple[str, ...]):
+        self._template, self._triggers = template, triggers
         self._tokens: list[int] = []
         self._head = ""
         self._inner: Constraint | None = None
@@ -92,7 +93,7 @@ class LazyConstraint:
         return self._inner.error if self._inner else None
 
     def copy(self) -> LazyConstraint:
-        return LazyConstraint(self._tokenizer, self._grammar, self._triggers)
+        return LazyConstraint(self._template, self._triggers)
 
     def consume(self, token: int, text: str = "") -> None:
         if self._inner:
@@ -106,7 +107,7 @@ class LazyConstraint:
         if not head:
             return
         if any(head.startswith(t) for t in self._triggers):
-            inner = Constraint(self._tokenizer, self._grammar)
+            inner = self._template.copy()
             if inner.matcher.consume_tokens(self._tokens) and not inner.error:
                 self._inner = inner
             else:

@@ -56,6 +56,13 @@ class ModelEntry:
     def idle(self) -> bool:
         return self.leases == 0 and self.state is ModelState.READY
 
+    def loading_error(self) -> ChatdError:
+        """503 while loading: the HF contract leaves waiting to the caller (x-wait-for-model)."""
+        return ChatdError(
+            503, f"Model {self.id} is currently loading", "loading",
+            headers={"x-should-retry": "false"}, estimated_time=self.estimated_time(),
+        )  # fmt: skip
+
     def estimated_time(self) -> float:
         """Seconds left, from the elapsed time and the fraction loaded so far."""
         elapsed = time.monotonic() - self.load_started
@@ -86,15 +93,14 @@ class Registry:
         self.entries[name] = entry = ModelEntry(source)
         return entry
 
-    async def acquire(self, name: str | None, wait: bool = False) -> tuple[ModelEntry, LoadedModel]:
-        """The ready model, leased until `release`; starts its load if needed."""
-        entry = self.find(name)
+    async def acquire(self, entry: ModelEntry, wait: bool = False) -> LoadedModel:
+        """The entry's ready model, leased until `release`; starts its load if needed."""
         deadline = time.monotonic() + self.settings.wait_timeout
         while True:
             if entry.state is ModelState.READY and entry.loaded:
                 entry.leases += 1
                 entry.last_used = time.monotonic()
-                return entry, entry.loaded
+                return entry.loaded
             if entry.state is ModelState.FAILED:
                 if time.monotonic() - entry.failed_at < self.settings.load_retry:
                     raise ChatdError(
@@ -105,10 +111,7 @@ class Registry:
             elif entry.state is ModelState.AVAILABLE:
                 self.start_loading(entry)
             if not wait or time.monotonic() > deadline:
-                raise ChatdError(
-                    503, f"Model {entry.id} is currently loading", "loading",
-                    headers={"x-should-retry": "false"}, estimated_time=entry.estimated_time(),
-                )  # fmt: skip
+                raise entry.loading_error()
             await asyncio.sleep(0.1)
 
     def release(self, entry: ModelEntry) -> None:

@@ -43,7 +43,7 @@ async def chat_completions(request: Request):
     if cached := cache.lookup():
         return _cached_response(cached, body, cache)
     wait = parse_flag(request.headers.get("x-wait-for-model"), default=False)
-    entry, model = await registry.acquire(entry.id, wait)
+    model = await registry.acquire(entry, wait)
     job, handed_off = None, False
     try:
         job = completions.prepare(body, model, settings)
@@ -160,10 +160,7 @@ async def health(request: Request):
     entry = registry.default
     if entry.state is ModelState.FAILED:
         raise ChatdError(503, f"Model {entry.id} failed to load: {entry.error}", "loading")
-    raise ChatdError(
-        503, f"Model {entry.id} is currently loading", "loading",
-        headers={"x-should-retry": "false"}, estimated_time=entry.estimated_time(),
-    )  # fmt: skip
+    raise entry.loading_error()
 
 
 @router.get("/v1/models")
