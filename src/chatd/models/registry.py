@@ -141,10 +141,9 @@ class Registry:
                 self.unload(entry)
 
     def close(self) -> None:
-        for entry in self.entries.values():
+        for entry in list(self.entries.values()):
             if entry.loaded:
-                entry.loaded.engine.close()
-                entry.loaded = None
+                self.unload(entry)
 
     def _make_room(self, incoming: ModelEntry) -> None:
         s = self.settings
