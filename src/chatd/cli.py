@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from chatd.config import Settings
+from chatd.config import DEVICES, RUNNERS, Settings
 
 app = typer.Typer(help="chatd: a self-hosted chat-completion server.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -21,6 +21,15 @@ DEFAULTS = Settings()
 
 def _opt(help: str, env: str, **kw):
     return typer.Option(help=help, envvar=f"CHATD_{env}", **kw)
+
+
+def _one_of(choices: tuple[str, ...]):
+    def check(value: str) -> str:
+        if value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return check
 
 
 @app.command()
@@ -47,6 +56,13 @@ def serve(
     batch_tokens: Annotated[
         int, _opt("tokens per forward pass", "BATCH_TOKENS", min=1)
     ] = DEFAULTS.batch_tokens,
+    runner: Annotated[
+        str, _opt("auto, llamacpp or transformers", "RUNNER", callback=_one_of(RUNNERS))
+    ] = DEFAULTS.runner,
+    device: Annotated[
+        str,
+        _opt("transformers runner: auto, cpu or cuda", "DEVICE", callback=_one_of(DEVICES)),
+    ] = DEFAULTS.device,
     max_n: Annotated[int, _opt("largest n per request", "MAX_N", min=1)] = DEFAULTS.max_n,
     max_loaded_models: Annotated[
         int, _opt("models loaded at once (0: no limit)", "MAX_LOADED_MODELS", min=0)
@@ -86,6 +102,25 @@ def serve(
     log_level: Annotated[
         str, _opt("debug, info, warning or error", "LOG_LEVEL")
     ] = DEFAULTS.log_level,
+    image_max_bytes: Annotated[
+        str, _opt("largest image accepted, e.g. 20MB", "IMAGE_MAX_BYTES")
+    ] = "20MB",
+    image_max_pixels: Annotated[
+        int, _opt("largest image, width x height", "IMAGE_MAX_PIXELS", min=1)
+    ] = DEFAULTS.image_max_pixels,
+    image_timeout: Annotated[
+        float, _opt("seconds to fetch one image", "IMAGE_TIMEOUT", min=0.1)
+    ] = DEFAULTS.image_timeout,
+    image_max_redirects: Annotated[
+        int, _opt("redirects followed per image", "IMAGE_MAX_REDIRECTS", min=0)
+    ] = DEFAULTS.image_max_redirects,
+    allow_private_images: Annotated[
+        bool, _opt("fetch image URLs on private/loopback addresses", "ALLOW_PRIVATE_IMAGES")
+    ] = False,
+    image_allow_host: Annotated[
+        list[str],
+        _opt("a host whose images are fetched even if private (repeatable)", "IMAGE_ALLOW_HOST"),
+    ] = [],  # noqa: B006
 ):
     """Serve the chat-completion API (and the playground) on HOST:PORT."""
     import uvicorn
@@ -101,7 +136,10 @@ def serve(
         keep_alive=keep_alive, wait_timeout=wait_timeout, load_retry=load_retry,
         max_queue=max_queue, request_timeout=request_timeout, cache_url=cache_url,
         cache_dir=cache_dir, cache_max_bytes=parse_size(cache_max_bytes), api_keys=api_key,
-        api_key_file=api_key_file, log_level=log_level,
+        api_key_file=api_key_file, log_level=log_level, runner=runner, device=device,
+        image_max_bytes=parse_size(image_max_bytes), image_max_pixels=image_max_pixels,
+        image_timeout=image_timeout, image_max_redirects=image_max_redirects,
+        allow_private_images=allow_private_images, image_allow_hosts=image_allow_host,
     )  # fmt: skip
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -6,6 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chatd.chat.images import ImageLimits
+
+RUNNERS = ("auto", "llamacpp", "transformers")
+DEVICES = ("auto", "cpu", "cuda")
+
 
 @dataclass
 class Settings:
@@ -20,6 +25,10 @@ class Settings:
     ctx: int = 4096  # tokens per sequence, prompt and answer together
     threads: int | None = None  # CPU threads for each model; None = all cores
     batch_tokens: int = 512  # tokens one forward may take (decode tokens plus prompt chunks)
+    # Which runner loads a model: auto = llama.cpp for GGUF files (transformers, dequantising,
+    # if llama.cpp cannot read one), transformers for Hugging Face folders.
+    runner: str = "auto"  # auto | llamacpp | transformers
+    device: str = "auto"  # the transformers runner's: auto (CUDA when present) | cpu | cuda
     max_n: int = 16  # largest `n` (choices per request)
     # Residency: 0 means no limit.
     max_loaded_models: int = 0
@@ -38,3 +47,22 @@ class Settings:
     api_keys: list[str] = field(default_factory=list)
     api_key_file: Path | None = None
     log_level: str = "info"
+    # Image URLs in messages: fetched under these limits; private addresses refused unless
+    # allowed (all of them, or the hosts listed).
+    image_max_bytes: int = 20 * 2**20
+    image_max_pixels: int = 4096 * 4096
+    image_timeout: float = 10.0
+    image_max_redirects: int = 3
+    allow_private_images: bool = False
+    image_allow_hosts: list[str] = field(default_factory=list)
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(
+            max_bytes=self.image_max_bytes,
+            max_pixels=self.image_max_pixels,
+            timeout=self.image_timeout,
+            max_redirects=self.image_max_redirects,
+            allow_private=self.allow_private_images,
+            allow_hosts=frozenset(h.lower() for h in self.image_allow_hosts),
+        )

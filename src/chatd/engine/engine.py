@@ -18,6 +18,7 @@ class Observer(Protocol):
     def first_token(self, seconds: float) -> None: ...
     def next_token(self, seconds: float) -> None: ...
     def finished(self, prompt_tokens: int, completion_tokens: int) -> None: ...
+    def step(self, sequences: int) -> None: ...  # called on the scheduler thread
 
 
 class Generation:
@@ -91,6 +92,8 @@ class Engine:
 
     def _on_events(self, events: Events) -> None:
         """Scheduler thread: one wake-up per event loop per step, not one per token."""
+        if self.observer is not None and events:
+            self.observer.step(len(events))
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, TokenEvent]]] = {}
         for seq, event in events:
             target = self._queues.get(seq.id)

@@ -107,21 +107,22 @@ class Scheduler:
     def _admit(self) -> None:
         while self.waiting and self._free_slots:
             seq = self.waiting.popleft()
-            slot, reused = self._best_slot(seq.request.prompt)
+            slot, reused = self._best_slot(seq.request.prompt, _reusable(seq))
             self._free_slots.remove(slot)
             reused = self.runner.truncate(slot, reused)
             seq.slot, seq.n_cached, seq.n_reused = slot, reused, reused
             self.running.append(seq)
 
-    def _best_slot(self, prompt: list[int]) -> tuple[int, int]:
-        """The free slot whose cached tokens share the longest prefix with the prompt."""
+    def _best_slot(self, prompt: list[int], reusable: int) -> tuple[int, int]:
+        """The free slot whose cached tokens share the longest prefix (up to `reusable`
+        tokens) with the prompt."""
         best, best_len = min(self._free_slots), 0
         for slot in sorted(self._free_slots):
             n = _common_prefix(self._slot_tokens[slot], prompt)
             if n > best_len:
                 best, best_len = slot, n
         # At least the last prompt token must run again: its logits give the first sample.
-        return best, min(best_len, len(prompt) - 1)
+        return best, min(best_len, len(prompt) - 1, reusable)
 
     def _plan(self) -> tuple[list[BatchItem], list[Sequence]]:
         """Decoding sequences first (one token each), then prompt chunks within the budget."""
@@ -134,7 +135,8 @@ class Scheduler:
                 break
             start = seq.n_cached
             done = start + n == len(seq.tokens)
-            items.append(BatchItem(seq.slot, seq.tokens[start : start + n], start, done))
+            tokens = seq.tokens[start : start + n]
+            items.append(BatchItem(seq.slot, tokens, start, done, seq.request.images))
             seq.n_cached += n
             budget -= n
             if done:
@@ -202,7 +204,8 @@ class Scheduler:
     def _release(self, seq: Sequence) -> None:
         if seq in self.running:
             self.running.remove(seq)
-            self._slot_tokens[seq.slot] = seq.tokens[: seq.n_cached]
+            # What follows an image depends on the image, not only on the tokens.
+            self._slot_tokens[seq.slot] = seq.tokens[: min(seq.n_cached, _reusable(seq))]
             self._free_slots.add(seq.slot)
 
     def _cancel(self, ids: set[str]) -> None:
@@ -228,6 +231,12 @@ class Scheduler:
         event.prompt_tokens = seq.n_prompt
         event.completion_tokens = seq.n_generated
         event.cached_tokens = seq.n_reused
+
+
+def _reusable(seq: Sequence) -> int:
+    """How many of the sequence's tokens a later prompt may take from the cache."""
+    images = seq.request.images
+    return len(seq.tokens) if images is None else images.reusable
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from chatd.engine.constraints import Constraint, LazyConstraint
@@ -34,6 +34,7 @@ class GenerationRequest:
     max_tokens: int
     stop: tuple[str, ...] = ()
     constraint: Constraint | LazyConstraint | None = None  # a grammar the output must follow
+    images: Any = None  # the runner's processed images (runner.encode_images), if any
 
 
 @dataclass(frozen=True)

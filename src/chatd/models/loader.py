@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from chatd.chat.template import ChatTemplate
 from chatd.config import Settings
 from chatd.engine.engine import Engine
+from chatd.engine.runners.base import Runner
 from chatd.models.sources import ModelSource, materialise
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -21,15 +26,40 @@ class LoadedModel:
 def load_model(
     source: ModelSource, settings: Settings, progress: Callable[[float], None]
 ) -> LoadedModel:
-    path = materialise(source)
-    if path.is_dir() or path.suffix != ".gguf":
+    runner = open_runner(materialise(source), settings, progress)
+    tok = runner.tokenizer
+    template = ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token)
+    return LoadedModel(source.id, Engine(runner), template)
+
+
+def open_runner(path: Path, settings: Settings, progress: Callable[[float], None]) -> Runner:
+    """llama.cpp for GGUF files, transformers for folders; with `runner: auto`, a GGUF that
+    llama.cpp cannot read is dequantised by transformers instead."""
+    kind = settings.runner
+    if kind == "auto":
+        kind = "llamacpp" if path.suffix == ".gguf" and path.is_file() else "transformers"
+    if kind == "transformers":
+        return _transformers(path, settings, progress)
+    try:
+        return _llamacpp(path, settings, progress)
+    except RuntimeError as exc:
+        if settings.runner != "auto":
+            raise
+        log.warning("%s; trying transformers (dequantising the GGUF)", exc)
+        try:
+            return _transformers(path, settings, progress)
+        except Exception as fallback:
+            raise RuntimeError(f"{exc}; transformers could not read it either: {fallback}") from exc
+
+
+def _llamacpp(path: Path, settings: Settings, progress) -> Runner:
+    if path.is_dir():
         raise ValueError(
-            f"{source.id}: only GGUF files are served so far ({path} is a Hugging Face folder; "
-            "the transformers runner will load those)"
+            f"{path} is a folder: llama.cpp reads GGUF files (use the transformers runner)"
         )
     from chatd.engine.runners.llamacpp import LlamaCppRunner
 
-    runner = LlamaCppRunner(
+    return LlamaCppRunner(
         str(path),
         n_slots=settings.parallel,
         n_ctx=settings.ctx,
@@ -37,6 +67,17 @@ def load_model(
         max_batch_tokens=settings.batch_tokens,
         progress=progress,
     )
-    tok = runner.tokenizer
-    template = ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token)
-    return LoadedModel(source.id, Engine(runner), template)
+
+
+def _transformers(path: Path, settings: Settings, progress) -> Runner:
+    from chatd.engine.runners.transformers import TransformersRunner  # imports torch: slow
+
+    return TransformersRunner(
+        path,
+        n_slots=settings.parallel,
+        n_ctx=settings.ctx,
+        n_threads=settings.threads,
+        max_batch_tokens=settings.batch_tokens,
+        device=settings.device,
+        progress=progress,
+    )

@@ -96,6 +96,9 @@ class _EngineMetrics:
     def finished(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.metrics.add_tokens(self.model, prompt_tokens, completion_tokens)
 
+    def step(self, sequences: int) -> None:
+        self.metrics.observe_batch(self.model, sequences)
+
 
 async def _keep_alive(registry: Registry, seconds: float) -> None:
     """--keep-alive: look for idle models now and then, and unload those idle too long."""

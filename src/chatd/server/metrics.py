@@ -33,6 +33,7 @@ UNMATCHED = "unmatched"
 # minute (long prompt, busy server); one more token from about a millisecond to seconds.
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LOAD_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -70,6 +71,10 @@ class Metrics:
         self.generated_tokens = Counter(
             "chatd_generated_tokens", "Tokens generated", ["model"], registry=r
         )
+        self.batch = Histogram(
+            "chatd_batch_sequences", "Sequences sampled together in one engine step",
+            ["model"], buckets=BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
         self.cache_hits = Counter("chatd_cache_hits", "Response cache hits", registry=r)
         self.cache_misses = Counter("chatd_cache_misses", "Response cache misses", registry=r)
         self.model_load = Histogram(
@@ -100,6 +105,9 @@ class Metrics:
 
     def observe_itl(self, model: str, seconds: float) -> None:
         self.itl.labels(model=model).observe(seconds)
+
+    def observe_batch(self, model: str, sequences: int) -> None:
+        self.batch.labels(model=model).observe(sequences)
 
     def add_tokens(self, model: str, prompt: int, generated: int) -> None:
         """Add one request's (or one step's) prompt and generated token counts."""

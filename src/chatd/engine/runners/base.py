@@ -16,6 +16,7 @@ class BatchItem:
     tokens: list[int]
     start: int
     want_logits: bool  # logits for the last token, to sample from
+    images: Any = None  # the sequence's processed images (GenerationRequest.images), if any
 
 
 class Tokenizer(Protocol):
@@ -40,6 +41,12 @@ class Runner(Protocol):
     n_ctx: int  # tokens one sequence may hold (prompt and output)
     max_batch_tokens: int  # tokens one forward may take
     tokenizer: Tokenizer
+    vision: bool  # takes images: then encode_images is there
+
+    def encode_images(self, text: str, images: list) -> tuple[list[int], Any]:
+        """The prompt's tokens with each image's tokens in place, and the processed images
+        (opaque to all but the runner, which gets them back in BatchItem.images)."""
+        ...
 
     def forward(self, items: list[BatchItem]) -> np.ndarray:
         """One forward over all items; a logits row (float32) for each item that wants one.

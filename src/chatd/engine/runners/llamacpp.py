@@ -65,6 +65,7 @@ class LlamaCppTokenizer:
 
 class LlamaCppRunner:
     name = "llamacpp"
+    vision = False
 
     def __init__(
         self,

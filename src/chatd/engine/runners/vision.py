@@ -1,0 +1,151 @@
+"""How images enter a transformers VLM, for a batch of rows at different positions.
+
+Two styles exist. Image-token models (LLaVA, Qwen2-VL, SmolVLM, ...) have the processor expand
+each image into placeholder tokens whose embeddings are replaced by the vision tower's features;
+Qwen2-VL also gives them 3-D rotary positions (M-RoPE). Cross-attention models (Mllama, i.e.
+Llama-3.2-Vision) keep one `<|image|>` token and let some layers attend to the vision states,
+under a per-token cross-attention mask. Either way the vision tower runs once per request.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class VisionPrompt:
+    """A prompt's images, processed (the GenerationRequest's `images`)."""
+
+    input_ids: list[int]
+    tensors: dict[str, torch.Tensor]  # what the processor gave besides the ids
+    reusable: int  # prompt tokens before the first image: a cached prefix may cover these
+    # Filled on first use by the runner's adapter, on the scheduler thread:
+    embeds: torch.Tensor | None = None  # [P, hidden] prompt embeddings, image features in place
+    positions: torch.Tensor | None = None  # [3, P] M-RoPE positions of the prompt
+    rope_delta: int = 0  # later tokens sit at position + rope_delta on every axis
+    states: torch.Tensor | None = None  # [images * tiles * patches, hidden], cross-attention
+
+    @property
+    def n_prompt(self) -> int:
+        return len(self.input_ids)
+
+
+def _accepted(fn, tensors: dict) -> dict:
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in tensors.items() if k in params}
+
+
+class TextInputs:
+    """Models without images, and the fallback for steps where no row carries any."""
+
+    def __init__(self, model, image_token_id: int | None = None):
+        self.model = model
+        self.image_token_id = image_token_id
+
+    def inputs(self, rows, ids: torch.Tensor, positions: torch.Tensor) -> dict:
+        return {"input_ids": ids, "position_ids": positions}
+
+
+class ImageTokenInputs(TextInputs):
+    def __init__(self, model, image_token_id: int):
+        super().__init__(model, image_token_id)
+        inner = getattr(model, "model", model)
+        self._rope_index = getattr(inner, "get_rope_index", None)  # M-RoPE models only
+
+    def inputs(self, rows, ids, positions):
+        embeds = self.model.get_input_embeddings()(ids)
+        if self._rope_index:
+            positions = positions[None].repeat(3, 1, 1)
+        for r, start, n, vision in rows:
+            if vision is None:
+                continue
+            self._prepare(vision)
+            k = max(0, min(n, vision.n_prompt - start))  # prompt tokens in this row
+            embeds[r, :k] = vision.embeds[start : start + k]
+            if self._rope_index:
+                positions[:, r, :n] += vision.rope_delta
+                positions[:, r, :k] = vision.positions[:, start : start + k]
+        return {"inputs_embeds": embeds, "position_ids": positions}
+
+    def _prepare(self, vision: VisionPrompt) -> None:
+        if vision.embeds is not None:
+            return
+        model, dtype = self.model, self.model.dtype
+        device = model.get_input_embeddings().weight.device
+        ids = torch.tensor([vision.input_ids], device=device)
+        tensors = {
+            k: v.to(dtype) if v.is_floating_point() else v for k, v in vision.tensors.items()
+        }
+        out = model.get_image_features(**_accepted(model.get_image_features, tensors))
+        features = getattr(out, "pooler_output", out)
+        if isinstance(features, (list, tuple)):
+            features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features])
+        embeds = model.get_input_embeddings()(ids)[0]
+        slots = ids[0] == self.image_token_id
+        features = features.reshape(-1, embeds.shape[-1])
+        if int(slots.sum()) != features.shape[0]:
+            raise ValueError(
+                f"the processor made {int(slots.sum())} image tokens but the vision tower "
+                f"{features.shape[0]} features"
+            )
+        embeds[slots] = features.to(embeds.dtype)
+        vision.embeds = embeds
+        if self._rope_index:
+            index_args = {"input_ids": ids, **tensors}
+            pos, delta = self._rope_index(**_accepted(self._rope_index, index_args))
+            vision.positions, vision.rope_delta = pos[:, 0], int(delta.flatten()[0])
+
+
+class CrossAttentionInputs(TextInputs):
+    """Mllama: vision states for each row, padded to the batch's most images, and the
+    cross-attention mask for each query (rows past the prompt repeat its last row)."""
+
+    def inputs(self, rows, ids, positions):
+        with_images = [row for row in rows if row[3] is not None]
+        out = super().inputs(rows, ids, positions)
+        if not with_images:
+            return out  # the cross-attention layers are skipped
+        for *_, vision in with_images:
+            self._prepare(vision)
+        masks = [v.tensors["cross_attention_mask"][0] for *_, v in with_images]  # [P, img, tiles]
+        n_images = max(m.shape[1] for m in masks)
+        tiles = masks[0].shape[2]
+        per_image = with_images[0][3].states.shape[0] // masks[0].shape[1]
+        batch, length = ids.shape
+        hidden = with_images[0][3].states.shape[-1]
+        device, dtype = ids.device, self.model.dtype
+        states = torch.zeros(batch, n_images * per_image, hidden, dtype=dtype, device=device)
+        cross = torch.zeros(batch, length, n_images, tiles, dtype=torch.long, device=device)
+        for (r, start, n, vision), mask in zip(with_images, masks, strict=True):
+            states[r, : vision.states.shape[0]] = vision.states
+            at = torch.arange(start, start + n, device=device).clamp(max=vision.n_prompt - 1)
+            cross[r, :n, : mask.shape[1]] = mask[at]
+        out.update(cross_attention_states=states, cross_attention_mask=cross)
+        return out
+
+    def _prepare(self, vision: VisionPrompt) -> None:
+        if vision.states is not None:
+            return
+        inner, t = self.model.model, vision.tensors
+        hidden = inner.vision_model(
+            pixel_values=t["pixel_values"].to(self.model.dtype),
+            aspect_ratio_ids=t["aspect_ratio_ids"],
+            aspect_ratio_mask=t["aspect_ratio_mask"],
+        ).last_hidden_state
+        states = inner.multi_modal_projector(hidden)
+        vision.states = states.reshape(-1, states.shape[-1])
+
+
+def inputs_for(model, config) -> TextInputs:
+    """The adapter for this model's way of taking images (text models: none)."""
+    image_token = getattr(config, "image_token_id", None)
+    if image_token is None:
+        image_token = getattr(config, "image_token_index", None)
+    if getattr(config, "model_type", "") == "mllama":
+        return CrossAttentionInputs(model, image_token)
+    if image_token is not None and hasattr(model, "get_image_features"):
+        return ImageTokenInputs(model, image_token)
+    return TextInputs(model)
