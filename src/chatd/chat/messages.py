@@ -12,13 +12,19 @@ class UnsupportedContent(ValueError):
     pass
 
 
-def template_messages(messages: list[Message]) -> list[dict[str, Any]]:
-    """Text models see each message's text; templates know no `developer` role, so it is system."""
-    out = []
+def template_messages(
+    messages: list[Message], vision: bool = False
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The turns a chat template renders, and the image URLs in the order they appear.
+
+    Text models see each message's text. A vision model's template gets content parts, an
+    image as `{"type": "image"}` where it stands (its processor puts the image tokens there).
+    Templates know no `developer` role, so it is system."""
+    out, images = [], []
     for i, m in enumerate(messages):
         msg: dict[str, Any] = {
             "role": "system" if m.role == "developer" else m.role,
-            "content": _text(m.content, i),
+            "content": _parts(m.content, images) if vision else _text(m.content, i),
         }
         if m.name:
             msg["name"] = m.name
@@ -34,7 +40,7 @@ def template_messages(messages: list[Message]) -> list[dict[str, Any]]:
         if m.tool_call_id:
             msg["tool_call_id"] = m.tool_call_id
         out.append(msg)
-    return out
+    return out, images
 
 
 def _text(content, index: int) -> str:
@@ -45,6 +51,19 @@ def _text(content, index: int) -> str:
             f"messages.{index}.content: this model does not take images (image_url parts)"
         )
     return "\n".join(p.text for p in content)
+
+
+def _parts(content, images: list[str]) -> str | list[dict[str, str]]:
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts: list[dict[str, str]] = []
+    for p in content:
+        if isinstance(p, ImagePart):
+            images.append(p.image_url.url)
+            parts.append({"type": "image"})
+        else:
+            parts.append({"type": "text", "text": p.text})
+    return parts
 
 
 def _args(arguments) -> Any:

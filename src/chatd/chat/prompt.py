@@ -1,20 +1,41 @@
-"""A conversation (and its tools) -> the prompt tokens the model continues."""
+"""A conversation (and its tools) -> the prompt tokens the model continues, with its images."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from chatd.chat.images import ImageLimits, fetch_images
 from chatd.chat.messages import template_messages
 from chatd.chat.template import ChatTemplate
 from chatd.chat.tools import ToolPlan, with_tool_prompt
-from chatd.engine.runners.base import Tokenizer
+from chatd.engine.runners.base import Runner
 from chatd.server.protocol import Message
 
 
-def build_prompt(
-    messages: list[Message], template: ChatTemplate, tokenizer: Tokenizer, tools: ToolPlan | None
-) -> list[int]:
-    """Raises UnsupportedContent or TemplateRenderError (both ValueError) for a bad conversation."""
-    turns = template_messages(messages)
+@dataclass
+class Prompt:
+    tokens: list[int]
+    images: Any = None  # the runner's processed images, when the conversation has some
+
+
+async def build_prompt(
+    messages: list[Message],
+    template: ChatTemplate,
+    runner: Runner,
+    tools: ToolPlan | None,
+    limits: ImageLimits,
+) -> Prompt:
+    """Raises UnsupportedContent, TemplateRenderError or ImageError (all ValueError) for a
+    conversation this model cannot take."""
+    turns, urls = template_messages(messages, vision=runner.vision)
     if tools and not tools.native:
         turns = with_tool_prompt(turns, tools)
     text = template.render(turns, tools=tools.tools if tools and tools.native else None)
-    return tokenizer.encode(text)
+    if not urls:
+        return Prompt(runner.tokenizer.encode(text))
+    images = await fetch_images(urls, limits)
+    # The processor resizes and normalises: CPU work, kept off the event loop.
+    tokens, processed = await asyncio.to_thread(runner.encode_images, text, images)
+    return Prompt(tokens, processed)

@@ -78,8 +78,12 @@ def with_tool_prompt(messages: list[dict[str, Any]], plan: ToolPlan) -> list[dic
     listing = json.dumps([t["function"] for t in plan.tools], ensure_ascii=False)
     text = f"{plan.prompt}{listing}{FALLBACK_FORMAT}"
     if messages and messages[0]["role"] == "system":
-        first = {**messages[0], "content": f"{messages[0]['content']}\n\n{text}"}
-        return [first, *messages[1:]]
+        content = messages[0]["content"]
+        if isinstance(content, list):  # a vision model's content parts
+            content = [*content, {"type": "text", "text": f"\n\n{text}"}]
+        else:
+            content = f"{content}\n\n{text}"
+        return [{**messages[0], "content": content}, *messages[1:]]
     return [{"role": "system", "content": text}, *messages]
 
 

@@ -38,15 +38,19 @@ class Job:
             generation.close()
 
 
-def prepare(body: ChatRequest, model: LoadedModel, settings: Settings) -> Job:
-    """Validate what needs the model (context, vocabulary) and build one request per choice."""
+async def prepare(body: ChatRequest, model: LoadedModel, settings: Settings) -> Job:
+    """Validate what needs the model (context, vocabulary), fetch the images, and build one
+    request per choice."""
     runner = model.engine.runner
     try:
         tools = plan_tools(body, model.template.source)
-        prompt = build_prompt(body.messages, model.template, runner.tokenizer, tools)
+        built = await build_prompt(
+            body.messages, model.template, runner, tools, settings.image_limits
+        )
         bias = body.bias_map(runner.tokenizer.n_vocab)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
+    prompt = built.tokens
     constraint = _constraint(body, tools, runner.tokenizer)
     room = runner.n_ctx - len(prompt)
     if room < 1:
@@ -83,6 +87,7 @@ def prepare(body: ChatRequest, model: LoadedModel, settings: Settings) -> Job:
             max_tokens=max_tokens,
             stop=tuple(body.stop),
             constraint=constraint.copy() if constraint else None,
+            images=built.images,
         )
         for i in range(n)
     ]

@@ -46,7 +46,7 @@ async def chat_completions(request: Request):
     model = await registry.acquire(entry, wait)
     job, handed_off = None, False
     try:
-        job = completions.prepare(body, model, settings)
+        job = await completions.prepare(body, model, settings)
         _refuse_when_queue_full(model, len(job.requests), settings.max_queue)
         job.start(model)  # right after the check, nothing awaited in between
         if body.stream:
