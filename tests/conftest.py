@@ -16,7 +16,8 @@ import httpx
 import pytest
 import uvicorn
 
-# The seed's snippets name these models; the test server serves the default model under them.
+# The seed's snippets name these models: the main test server serves the default model under the
+# text one; the vision server serves tiny random models of both architectures under both.
 SNIPPET_TEXT_MODEL = "google/gemma-2-2b-it"
 SNIPPET_VISION_MODEL = "meta-llama/Llama-3.2-11B-Vision-Instruct"
 PARALLEL = 8
@@ -143,7 +144,7 @@ def server():
     # No response cache: these tests must see the engine answer every time.
     srv = Server(
         "--parallel", str(PARALLEL), "--ctx", str(CTX), "--cache-url", "off",
-        "--alias", SNIPPET_TEXT_MODEL, "--alias", SNIPPET_VISION_MODEL,
+        "--alias", SNIPPET_TEXT_MODEL,
     )  # fmt: skip
     try:
         srv.wait_ready()
@@ -202,3 +203,55 @@ def sse_events(base_url: str, path: str = "/v1/chat/completions", **body) -> lis
     events = [block for block in raw.split("\n\n") if block]
     assert all(e.startswith("data: ") and "\n" not in e for e in events), raw
     return [e.removeprefix("data: ") for e in events]
+
+
+# -- vision-language models on the transformers runner -------------------------------------------
+
+VISION_MODELS = {  # fixture kind -> the id chatd serves it under
+    "mllama": SNIPPET_VISION_MODEL,
+    "llava": "tiny-llava",
+    "qwen2_vl": "tiny-qwen2-vl",
+}
+TEXT_MODELS = {"gemma2": SNIPPET_TEXT_MODEL, "llama": "tiny-llama"}
+SMOLLM2_TRANSFORMERS = "smollm2-transformers"  # the packaged GGUF, dequantised
+IMAGE_MAX_PIXELS = 1_000_000
+
+
+@pytest.fixture(scope="session")
+def vision_server(tmp_path_factory):
+    """One chatd on the transformers runner serving tiny random VLMs and text models that the
+    tests build (tests/tiny_models.py), and SmolLM2 dequantised from its GGUF. Image URLs on
+    127.0.0.1 are allowed (the test image server); other private addresses are not."""
+    from chatd.models.sources import packaged_models
+    from tests.tiny_models import build
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    specs = []
+    for kind, model_id in {**VISION_MODELS, **TEXT_MODELS}.items():
+        specs += ["--model", f"{model_id}={build(kind, root / kind)}"]
+    specs += ["--model", f"{SMOLLM2_TRANSFORMERS}={packaged_models()[0].path}"]
+    srv = Server(
+        *specs, "--runner", "transformers", "--parallel", "4", "--ctx", "512",
+        "--cache-url", "off", "--image-allow-host", "127.0.0.1",
+        "--image-max-pixels", str(IMAGE_MAX_PIXELS),
+        env={"HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    try:
+        srv.wait_ready(timeout=300)
+        for model_id in [*VISION_MODELS.values(), *TEXT_MODELS.values(), SMOLLM2_TRANSFORMERS]:
+            r = httpx.post(
+                f"{srv.url}/v1/chat/completions",
+                json={"model": model_id, "messages": [{"role": "user", "content": "hi"}],
+                      "max_tokens": 1},
+                headers={"x-wait-for-model": "true"},
+                timeout=300,
+            )  # fmt: skip
+            assert r.status_code == 200, (model_id, r.text, srv.log.read_text()[-3000:])
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def vision_url(vision_server) -> str:
+    return vision_server.url

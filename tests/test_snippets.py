@@ -6,7 +6,8 @@ import huggingface_hub
 import openai
 import pytest
 
-from tests.conftest import SNIPPET_TEXT_MODEL, SNIPPET_VISION_MODEL
+from chatd.models.sources import DEFAULT_MODEL_ID
+from tests.conftest import SNIPPET_TEXT_MODEL
 
 TEXT_MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 IMAGE_MESSAGES = [
@@ -52,16 +53,17 @@ def test_openai_text_snippet_streams_an_answer(base_url, capsys):
 
 
 def test_image_snippets_get_a_clear_400_from_a_text_model(base_url):
+    """The seed's image snippet, sent to a text model (its own vision model: test_vision.py)."""
     hf = huggingface_hub.InferenceClient(base_url=f"{base_url}/v1/", api_key="hf_***")
     with pytest.raises(huggingface_hub.errors.BadRequestError, match="does not take images"):
         for _ in hf.chat.completions.create(
-            model=SNIPPET_VISION_MODEL, messages=IMAGE_MESSAGES, max_tokens=500, stream=True
+            model=DEFAULT_MODEL_ID, messages=IMAGE_MESSAGES, max_tokens=500, stream=True
         ):
             pass
     oa = openai.OpenAI(base_url=f"{base_url}/v1/", api_key="hf_***")
     with pytest.raises(openai.BadRequestError) as raised:
         oa.chat.completions.create(
-            model=SNIPPET_VISION_MODEL, messages=IMAGE_MESSAGES, max_tokens=500, stream=True
+            model=DEFAULT_MODEL_ID, messages=IMAGE_MESSAGES, max_tokens=500, stream=True
         )
     # OpenAI keeps an HF error's message (a string under "error") as the exception's body.
     assert "does not take images" in raised.value.body

@@ -41,6 +41,7 @@ class ByteTokenizer:
 
 class BreaksOnFourthForward:
     name = "test"
+    vision = False
     n_slots, n_ctx, max_batch_tokens = 2, 256, 256
     tokenizer = ByteTokenizer()
 
