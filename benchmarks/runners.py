@@ -3,9 +3,9 @@
     python -m benchmarks.runners [--levels 1,8,32] [--rounds 2] [--max-tokens 128]
 
 Two chatd servers on the same packaged GGUF: one on llama.cpp (Q4_1), one on transformers
-(the same weights dequantised to float32). Both stay up; each level runs on one at a time, in
-alternating order over the rounds, so drift on a shared machine hits both alike. Writes the
-ratios into benchmarks/README.md (section `runners`).
+(the same weights dequantised; float32 unless --dtype says otherwise). Both stay up; each level
+runs on one at a time, in alternating order over the rounds, so drift on a shared machine hits
+both alike. Writes the ratios into benchmarks/README.md (section `runners`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def markdown(rows: dict[str, list[dict[str, Any]]], args) -> str:
         f"SmolLM2-135M-Instruct, chatd `--parallel {args.parallel} --threads {args.threads}`,"
         f" max_tokens {args.max_tokens}, temperature 0, {args.rounds} alternating rounds per"
         " level; llama.cpp runs the Q4_1 GGUF, transformers the same weights dequantised"
-        " (float32, CPU).",
+        f" ({args.dtype}, CPU).",
         "",
         "| concurrency | llama.cpp tok/s | transformers tok/s | transformers / llama.cpp |"
         " llama.cpp ITL p50 ms | transformers ITL p50 ms | TTFT p50 ratio |",
@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--parallel", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", help="the transformers runner's --dtype")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--requests-per-level", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=2, help="alternating runs of each per level")
@@ -70,6 +71,8 @@ def main() -> None:
                    "--port", str(port), "--parallel", str(args.parallel),
                    "--threads", str(args.threads), "--ctx", "1024", "--runner", runner,
                    "--cache-url", "off"]  # fmt: skip
+            if runner == "transformers":
+                cmd += ["--dtype", args.dtype]
             log = CACHE / f"runners-{runner}.log"
             servers[runner] = stack.enter_context(serving(runner, cmd, port, log, timeout=600))
         rows: dict[str, list[dict[str, Any]]] = {r: [] for r in RUNNERS}

@@ -33,3 +33,10 @@ def test_serve_refuses_a_missing_model_file():
     out = run("serve", "--model", "/nonexistent/model.gguf")
     assert out.returncode == 2
     assert "model file not found" in out.stdout + out.stderr
+
+
+def test_serve_refuses_an_unknown_runner_or_dtype():
+    for flag, value in (("--runner", "vllm"), ("--dtype", "int3"), ("--device", "tpu")):
+        out = run("serve", flag, value)
+        assert out.returncode == 2
+        assert f"'{value}' is not one of" in out.stdout + out.stderr

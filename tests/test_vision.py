@@ -206,6 +206,12 @@ def test_image_refusals_are_400s_naming_url_and_reason(vision_url, images, path,
         assert f"{IMAGE_MAX_PIXELS:,}" in body["error"]
 
 
+def test_more_images_than_allowed_is_a_400(vision_url):
+    r = chat(vision_url, model=VISION_MODELS["llava"], messages=ask([data_url("red")] * 17))
+    assert r.status_code == 400
+    assert "at most 16 images per request, got 17" in r.json()["error"]
+
+
 def test_a_text_model_on_transformers_refuses_images(vision_url):
     r = chat(vision_url, model="tiny-llama", messages=ask([data_url("red")]))
     assert r.status_code == 400

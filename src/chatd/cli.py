@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from chatd.config import DEVICES, RUNNERS, Settings
+from chatd.config import DEVICES, DTYPES, RUNNERS, Settings
 
 app = typer.Typer(help="chatd: a self-hosted chat-completion server.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -63,6 +63,14 @@ def serve(
         str,
         _opt("transformers runner: auto, cpu or cuda", "DEVICE", callback=_one_of(DEVICES)),
     ] = DEFAULTS.device,
+    dtype: Annotated[
+        str,
+        _opt(
+            "transformers runner: auto, float32, bfloat16 or float16",
+            "DTYPE",
+            callback=_one_of(DTYPES),
+        ),
+    ] = DEFAULTS.dtype,
     max_n: Annotated[int, _opt("largest n per request", "MAX_N", min=1)] = DEFAULTS.max_n,
     max_loaded_models: Annotated[
         int, _opt("models loaded at once (0: no limit)", "MAX_LOADED_MODELS", min=0)
@@ -114,6 +122,9 @@ def serve(
     image_max_redirects: Annotated[
         int, _opt("redirects followed per image", "IMAGE_MAX_REDIRECTS", min=0)
     ] = DEFAULTS.image_max_redirects,
+    max_images: Annotated[
+        int, _opt("images one request may carry", "MAX_IMAGES", min=1)
+    ] = DEFAULTS.max_images,
     allow_private_images: Annotated[
         bool, _opt("fetch image URLs on private/loopback addresses", "ALLOW_PRIVATE_IMAGES")
     ] = False,
@@ -136,9 +147,9 @@ def serve(
         keep_alive=keep_alive, wait_timeout=wait_timeout, load_retry=load_retry,
         max_queue=max_queue, request_timeout=request_timeout, cache_url=cache_url,
         cache_dir=cache_dir, cache_max_bytes=parse_size(cache_max_bytes), api_keys=api_key,
-        api_key_file=api_key_file, log_level=log_level, runner=runner, device=device,
+        api_key_file=api_key_file, log_level=log_level, runner=runner, device=device, dtype=dtype,
         image_max_bytes=parse_size(image_max_bytes), image_max_pixels=image_max_pixels,
-        image_timeout=image_timeout, image_max_redirects=image_max_redirects,
+        image_timeout=image_timeout, image_max_redirects=image_max_redirects, max_images=max_images,
         allow_private_images=allow_private_images, image_allow_hosts=image_allow_host,
     )  # fmt: skip
     logging.basicConfig(

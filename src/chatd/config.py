@@ -10,6 +10,7 @@ from chatd.chat.images import ImageLimits
 
 RUNNERS = ("auto", "llamacpp", "transformers")
 DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Settings:
     # if llama.cpp cannot read one), transformers for Hugging Face folders.
     runner: str = "auto"  # auto | llamacpp | transformers
     device: str = "auto"  # the transformers runner's: auto (CUDA when present) | cpu | cuda
+    dtype: str = "auto"  # its weights' type: auto (bfloat16 on CUDA, float32 on the CPU) | ...
     max_n: int = 16  # largest `n` (choices per request)
     # Residency: 0 means no limit.
     max_loaded_models: int = 0
@@ -53,6 +55,7 @@ class Settings:
     image_max_pixels: int = 4096 * 4096
     image_timeout: float = 10.0
     image_max_redirects: int = 3
+    max_images: int = 16  # per request
     allow_private_images: bool = False
     image_allow_hosts: list[str] = field(default_factory=list)
 
@@ -63,6 +66,7 @@ class Settings:
             max_pixels=self.image_max_pixels,
             timeout=self.image_timeout,
             max_redirects=self.image_max_redirects,
+            max_images=self.max_images,
             allow_private=self.allow_private_images,
             allow_hosts=frozenset(h.lower() for h in self.image_allow_hosts),
         )

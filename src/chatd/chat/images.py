@@ -30,6 +30,7 @@ class ImageLimits:
     max_pixels: int = 4096 * 4096  # width*height, checked from the header before decoding
     timeout: float = 10.0  # seconds for one image, all redirects included
     max_redirects: int = 3
+    max_images: int = 16  # per request: each one costs a fetch and vision-tower work
     allow_private: bool = False  # operator flag: fetch from private/loopback/link-local addresses
     # Hosts (names or IP literals, any case) fetched even when they are private.
     allow_hosts: frozenset[str] = frozenset()

@@ -35,6 +35,10 @@ async def build_prompt(
     text = template.render(turns, tools=tools.tools if tools and tools.native else None)
     if not urls:
         return Prompt(runner.tokenizer.encode(text))
+    if len(urls) > limits.max_images:
+        raise ValueError(
+            f"messages: at most {limits.max_images} images per request, got {len(urls)}"
+        )
     images = await fetch_images(urls, limits)
     # The processor resizes and normalises: CPU work, kept off the event loop.
     tokens, processed = await asyncio.to_thread(runner.encode_images, text, images)

@@ -34,7 +34,9 @@ class GenerationRequest:
     max_tokens: int
     stop: tuple[str, ...] = ()
     constraint: Constraint | LazyConstraint | None = None  # a grammar the output must follow
-    images: Any = None  # the runner's processed images (runner.encode_images), if any
+    # The runner's processed images (runner.encode_images), if any; `.reusable` is how many
+    # prompt tokens precede the first image (a cached prefix may cover only those).
+    images: Any = None
 
 
 @dataclass(frozen=True)

@@ -79,5 +79,6 @@ def _transformers(path: Path, settings: Settings, progress) -> Runner:
         n_threads=settings.threads,
         max_batch_tokens=settings.batch_tokens,
         device=settings.device,
+        dtype=settings.dtype,
         progress=progress,
     )

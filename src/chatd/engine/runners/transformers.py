@@ -45,6 +45,7 @@ class TransformersRunner:
         n_threads: int | None = None,
         max_batch_tokens: int = 512,
         device: str = "auto",
+        dtype: str = "auto",
         progress: Callable[[float], None] | None = None,
     ):
         progress = progress or (lambda _value: None)
@@ -54,8 +55,9 @@ class TransformersRunner:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        # bfloat16 on a GPU; float32 on the CPU, where bfloat16 matmuls are rarely faster.
-        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        if dtype == "auto":  # on the CPU, float32 keeps outputs close to the reference ones
+            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+        self.dtype = getattr(torch, dtype)
         if self.device.type == "cpu":
             torch.set_num_threads(n_threads or os.cpu_count() or 1)
         config = AutoConfig.from_pretrained(where, **gguf)
