@@ -12,11 +12,14 @@ from transformers.cache_utils import Cache
 
 
 class _Layer:
-    """What transformers' modelling code may ask of a cache layer (Mllama asks whether vision
-    states are cached: never here, they come with each step)."""
+    """What transformers' modelling code may read of a cache layer: Mllama's cross-attention
+    layers read the vision keys and values here when a step brings no vision states."""
 
-    is_initialized = False
-    keys = torch.empty(0)
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self.is_initialized, self.keys, self.values = False, torch.empty(0), torch.empty(0)
 
 
 class SlotCache(Cache):
@@ -35,7 +38,24 @@ class SlotCache(Cache):
         self.keys = [block(i) for i in range(n_layers)]
         self.values = [block(i) for i in range(n_layers)]
         self.scratch = n_ctx
+        self._cross = sorted(cross)
+        self._capture: list | None = None
         super().__init__(layers=[_Layer() for _ in range(n_layers)])
+
+    def capture_cross(self, into: list) -> None:
+        """The next forward brings vision states: keep what each cross layer projects."""
+        self.read_cross(None)
+        self._capture = into
+
+    def read_cross(self, kv: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
+        """The next forward's cross-attention keys and values, one pair per cross layer (None:
+        no row has images, the layers are skipped)."""
+        self._capture = None
+        for i, layer in enumerate(self._cross):
+            self.layers[layer].clear()
+            if kv is not None:
+                self.layers[layer].keys, self.layers[layer].values = kv[i]
+                self.layers[layer].is_initialized = True
 
     def bind(self, rows: slice, write_pos: torch.Tensor, kv_len: int) -> None:
         """The next forward's rows (slots), where each query token writes, and how many
@@ -44,7 +64,9 @@ class SlotCache(Cache):
         self._batch = torch.arange(write_pos.shape[0], device=write_pos.device)[:, None]
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        if self.keys[layer_idx] is None:  # cross-attention: projected from the vision states
+        if self.keys[layer_idx] is None:  # cross-attention, from this step's vision states
+            if self._capture is not None:
+                self._capture.append((key_states[0], value_states[0]))
             return key_states, value_states
         keys = self.keys[layer_idx][self._rows]
         values = self.values[layer_idx][self._rows]

@@ -82,14 +82,16 @@ class TransformersRunner:
         self.cache = SlotCache(text_config, n_slots, self.n_ctx, self.dtype, self.device)
         layer_types = getattr(text_config, "layer_types", None) or ()
         self._window = text_config.sliding_window if "sliding_attention" in layer_types else None
-        self._inputs = inputs_for(self.model, config)
+        self._inputs = inputs_for(self.model, config, self.cache)
         progress(1.0)
 
     # -- images ---------------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def encode_images(self, text: str, images: list) -> tuple[list[int], VisionPrompt]:
         """The prompt's tokens, image placeholders expanded by the processor, and its images
-        ready for the model. CPU work: the caller runs it off the event loop."""
+        through the vision tower. The caller runs it off the event loop (and off the scheduler
+        thread: the model's weights are only read, by both)."""
         out = self.processor(
             text=[text], images=[images], return_tensors="pt", add_special_tokens=False
         )
@@ -98,16 +100,18 @@ class TransformersRunner:
         tensors = {k: v.to(self.device) for k, v in out.items() if isinstance(v, torch.Tensor)}
         image_id = self._inputs.image_token_id
         first = ids.index(image_id) if image_id in ids else len(ids)
-        return ids, VisionPrompt(ids, tensors, reusable=first)
+        vision = VisionPrompt(ids, tensors, reusable=first)
+        self._inputs.prepare(vision)
+        return ids, vision
 
     # -- the Runner protocol --------------------------------------------------------------------
 
     @torch.inference_mode()
     def forward(self, items: list[BatchItem]) -> np.ndarray:
-        decoding = [item for item in items if len(item.tokens) == 1]
+        decoding = [item for item in items if not _prompt_chunk(item)]
         rows = self._run(decoding) if decoding else {}
         for item in items:
-            if len(item.tokens) > 1:  # a prompt chunk: a forward of its own, no padding
+            if _prompt_chunk(item):  # a forward of its own, no padding
                 rows.update(self._run([item]))
         wanted = [rows[item.slot] for item in items if item.want_logits]
         if not wanted:
@@ -156,6 +160,13 @@ class TransformersRunner:
         self.model = self.cache = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _prompt_chunk(item: BatchItem) -> bool:
+    """Several prompt tokens, or any piece of a prompt with images (whose first forward
+    brings the vision states)."""
+    in_prompt = item.images is not None and item.start < item.images.n_prompt
+    return len(item.tokens) > 1 or in_prompt
 
 
 def _load_processor(where: Path, config):

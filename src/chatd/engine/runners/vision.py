@@ -4,7 +4,8 @@ Two styles exist. Image-token models (LLaVA, Qwen2-VL, SmolVLM, ...) have the pr
 each image into placeholder tokens whose embeddings are replaced by the vision tower's features;
 Qwen2-VL also gives them 3-D rotary positions (M-RoPE). Cross-attention models (Mllama, i.e.
 Llama-3.2-Vision) keep one `<|image|>` token and let some layers attend to the vision states,
-under a per-token cross-attention mask. Either way the vision tower runs once per request.
+under a per-token cross-attention mask. Either way the vision tower runs once per request, in
+the request's worker thread (`prepare`), not on the scheduler thread.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from chatd.engine.runners.kv_slots import SlotCache
+
 
 @dataclass
 class VisionPrompt:
@@ -22,11 +25,13 @@ class VisionPrompt:
     input_ids: list[int]
     tensors: dict[str, torch.Tensor]  # what the processor gave besides the ids
     reusable: int  # prompt tokens before the first image: a cached prefix may cover these
-    # Filled on first use by the runner's adapter, on the scheduler thread:
+    # Filled by the runner's adapter (prepare, in the request's worker thread):
     embeds: torch.Tensor | None = None  # [P, hidden] prompt embeddings, image features in place
     positions: torch.Tensor | None = None  # [3, P] M-RoPE positions of the prompt
     rope_delta: int = 0  # later tokens sit at position + rope_delta on every axis
     states: torch.Tensor | None = None  # [images * tiles * patches, hidden], cross-attention
+    # Each cross-attention layer's keys and values [heads, vision tokens, dim], once projected.
+    cross_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def n_prompt(self) -> int:
@@ -45,7 +50,11 @@ class TextInputs:
         self.model = model
         self.image_token_id = image_token_id
 
+    def prepare(self, vision: VisionPrompt) -> None:
+        """Run the vision tower on a request's images (once, before it is scheduled)."""
+
     def inputs(self, rows, ids: torch.Tensor, positions: torch.Tensor) -> dict:
+        """The model's inputs for rows of (row, start, n_tokens, VisionPrompt | None)."""
         return {"input_ids": ids, "position_ids": positions}
 
 
@@ -62,7 +71,6 @@ class ImageTokenInputs(TextInputs):
         for r, start, n, vision in rows:
             if vision is None:
                 continue
-            self._prepare(vision)
             k = max(0, min(n, vision.n_prompt - start))  # prompt tokens in this row
             embeds[r, :k] = vision.embeds[start : start + k]
             if self._rope_index:
@@ -70,9 +78,7 @@ class ImageTokenInputs(TextInputs):
                 positions[:, r, :k] = vision.positions[:, start : start + k]
         return {"inputs_embeds": embeds, "position_ids": positions}
 
-    def _prepare(self, vision: VisionPrompt) -> None:
-        if vision.embeds is not None:
-            return
+    def prepare(self, vision: VisionPrompt) -> None:
         model, dtype = self.model, self.model.dtype
         device = model.get_input_embeddings().weight.device
         ids = torch.tensor([vision.input_ids], device=device)
@@ -100,35 +106,57 @@ class ImageTokenInputs(TextInputs):
 
 
 class CrossAttentionInputs(TextInputs):
-    """Mllama: vision states for each row, padded to the batch's most images, and the
-    cross-attention mask for each query (rows past the prompt repeat its last row)."""
+    """Mllama. A request's first prompt chunk (a forward of its own) passes its vision states,
+    and the cache keeps what each cross-attention layer projects from them; later forwards read
+    those keys and values back, padded to the batch's most images, instead of projecting the
+    vision states again at every step. Each query gets its row of the cross-attention mask
+    (tokens past the prompt repeat its last row, as `generate` does)."""
+
+    def __init__(self, model, image_token_id: int | None, cache: SlotCache):
+        super().__init__(model, image_token_id)
+        self.cache = cache
 
     def inputs(self, rows, ids, positions):
-        with_images = [row for row in rows if row[3] is not None]
         out = super().inputs(rows, ids, positions)
-        if not with_images:
-            return out  # the cross-attention layers are skipped
-        for *_, vision in with_images:
-            self._prepare(vision)
-        masks = [v.tensors["cross_attention_mask"][0] for *_, v in with_images]  # [P, img, tiles]
-        n_images = max(m.shape[1] for m in masks)
-        tiles = masks[0].shape[2]
-        per_image = with_images[0][3].states.shape[0] // masks[0].shape[1]
-        batch, length = ids.shape
-        hidden = with_images[0][3].states.shape[-1]
-        device, dtype = ids.device, self.model.dtype
-        states = torch.zeros(batch, n_images * per_image, hidden, dtype=dtype, device=device)
-        cross = torch.zeros(batch, length, n_images, tiles, dtype=torch.long, device=device)
-        for (r, start, n, vision), mask in zip(with_images, masks, strict=True):
-            states[r, : vision.states.shape[0]] = vision.states
-            at = torch.arange(start, start + n, device=device).clamp(max=vision.n_prompt - 1)
-            cross[r, :n, : mask.shape[1]] = mask[at]
-        out.update(cross_attention_states=states, cross_attention_mask=cross)
+        with_images = [row for row in rows if row[3] is not None]
+        fresh = [vision for *_, vision in with_images if vision.cross_kv is None]
+        if fresh:
+            (vision,) = fresh  # a first prompt chunk: the runner gives it a forward of its own
+            vision.cross_kv = []
+            self.cache.capture_cross(vision.cross_kv)
+            out["cross_attention_states"], vision.states = vision.states[None], None
+        else:
+            self.cache.read_cross(self._stacked(with_images, ids.shape[0]) if with_images else None)
+        if with_images:
+            out["cross_attention_mask"] = self._mask(with_images, ids.shape)
         return out
 
-    def _prepare(self, vision: VisionPrompt) -> None:
-        if vision.states is not None:
-            return
+    def _stacked(self, rows, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each cross layer's cached keys and values for the batch, zeros where a row has
+        fewer images (or none: its mask is all zeros too)."""
+        longest = max(vision.cross_kv[0][0].shape[1] for *_, vision in rows)
+        out = []
+        for layer, (k0, _) in enumerate(rows[0][3].cross_kv):
+            shape = (batch, k0.shape[0], longest, k0.shape[2])
+            keys = k0.new_zeros(shape)
+            values = k0.new_zeros(shape)
+            for r, *_, vision in rows:
+                k, v = vision.cross_kv[layer]
+                keys[r, :, : k.shape[1]], values[r, :, : v.shape[1]] = k, v
+            out.append((keys, values))
+        return out
+
+    def _mask(self, rows, shape) -> torch.Tensor:
+        masks = [vision.tensors["cross_attention_mask"][0] for *_, vision in rows]  # [P, img, tile]
+        n_images, tiles = max(m.shape[1] for m in masks), masks[0].shape[2]
+        device = masks[0].device
+        cross = torch.zeros(*shape, n_images, tiles, dtype=torch.long, device=device)
+        for (r, start, n, vision), mask in zip(rows, masks, strict=True):
+            at = torch.arange(start, start + n, device=device).clamp(max=vision.n_prompt - 1)
+            cross[r, :n, : mask.shape[1]] = mask[at]
+        return cross
+
+    def prepare(self, vision: VisionPrompt) -> None:
         inner, t = self.model.model, vision.tensors
         hidden = inner.vision_model(
             pixel_values=t["pixel_values"].to(self.model.dtype),
@@ -139,13 +167,13 @@ class CrossAttentionInputs(TextInputs):
         vision.states = states.reshape(-1, states.shape[-1])
 
 
-def inputs_for(model, config) -> TextInputs:
+def inputs_for(model, config, cache: SlotCache) -> TextInputs:
     """The adapter for this model's way of taking images (text models: none)."""
     image_token = getattr(config, "image_token_id", None)
     if image_token is None:
         image_token = getattr(config, "image_token_index", None)
     if getattr(config, "model_type", "") == "mllama":
-        return CrossAttentionInputs(model, image_token)
+        return CrossAttentionInputs(model, image_token, cache)
     if image_token is not None and hasattr(model, "get_image_features"):
         return ImageTokenInputs(model, image_token)
     return TextInputs(model)
