@@ -106,6 +106,10 @@ def test_key_does_not_mutate_the_body():
     assert repr(body) == snapshot
 
 
+def _image_message(url: str) -> dict:
+    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
@@ -123,6 +127,11 @@ def test_key_does_not_mutate_the_body():
         ({"seed": 7, "temperature": 1.2}, True),
         ({"seed": 7, "n": 3, "temperature": 1.0}, True),
         ({"n": 3, "temperature": 1.0}, False),
+        # An image behind a URL may change; a data URL is its image.
+        ({"temperature": 0, "messages": [_image_message("https://example.com/a.png")]}, False),
+        ({"seed": 1, "messages": [_image_message("HTTP://example.com/a.png")]}, False),
+        ({"temperature": 0, "messages": [_image_message("data:image/png;base64,AAAA")]}, True),
+        ({"temperature": 0, "messages": [{"role": "user", "content": "hi"}]}, True),
     ],
 )
 def test_is_deterministic(body, expected):

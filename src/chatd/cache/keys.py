@@ -7,7 +7,9 @@ A response is cacheable only when its answer cannot vary between two identical r
   request with the same seed gives the same text whatever else runs beside it. That holds
   for `n > 1` too: the n choices come from the same seeded RNG.
 
-An absent temperature is not 0 (the default samples), so such requests are never cached.
+An absent temperature is not 0 (the default samples), so such requests are never cached;
+nor are requests with http(s) image URLs, whose images may change behind the same URL (a
+`data:` URL is its image, so those are).
 
 The key is the sha256 of the resolved model id and the request body, normalised so that
 requests that mean the same thing share a key: `stream` and `stream_options` are dropped (the
@@ -34,7 +36,10 @@ _FALSE = frozenset({"false", "0", "no"})
 
 
 def is_deterministic(body: dict) -> bool:
-    """True when the answer cannot vary: an explicit `temperature` of 0, or a `seed`."""
+    """True when the answer cannot vary: an explicit `temperature` of 0, or a `seed`, and no
+    image fetched from a URL."""
+    if _remote_images(body):
+        return False
     if body.get("seed") is not None:
         return True
     temperature = body.get("temperature")
@@ -44,6 +49,16 @@ def is_deterministic(body: dict) -> bool:
         and not isinstance(temperature, bool)
         and (temperature == 0)
     )
+
+
+def _remote_images(body: dict) -> bool:
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            url = part.get("image_url", {}).get("url", "") if isinstance(part, dict) else ""
+            if isinstance(url, str) and url and not url.lower().startswith("data:"):
+                return True
+    return False
 
 
 def cache_key(model_id: str, body: dict) -> str:
