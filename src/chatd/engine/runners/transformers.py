@@ -110,16 +110,16 @@ class TransformersRunner:
     def forward(self, items: list[BatchItem]) -> np.ndarray:
         decoding = [item for item in items if not _prompt_chunk(item)]
         rows = self._run(decoding) if decoding else {}
-        for item in items:
-            if _prompt_chunk(item):  # a forward of its own, no padding
-                rows.update(self._run([item]))
+        for group in _pack([item for item in items if _prompt_chunk(item)]):
+            rows.update(self._run(group))
         wanted = [rows[item.slot] for item in items if item.want_logits]
         if not wanted:
             return np.empty((0, self.tokenizer.n_vocab), dtype=np.float32)
         return torch.stack(wanted).float().cpu().numpy()
 
     def _run(self, items: list[BatchItem]) -> dict[int, torch.Tensor]:
-        """One model forward over the consecutive slots these items occupy."""
+        """One model forward over the consecutive slots these items occupy. Rows are padded on
+        the left, so that every row's last position is its last token."""
         lo = min(item.slot for item in items)
         hi = max(item.slot for item in items) + 1
         length = max(len(item.tokens) for item in items)
@@ -129,8 +129,9 @@ class TransformersRunner:
         rows = []
         for item in items:
             r, n = item.slot - lo, len(item.tokens)
-            ids[r, :n] = torch.tensor(item.tokens)
-            positions[r, :n] = writes[r, :n] = torch.arange(item.start, item.start + n)
+            ids[r, length - n :] = torch.tensor(item.tokens)
+            at = torch.arange(item.start, item.start + n)
+            positions[r, length - n :] = writes[r, length - n :] = at
             rows.append((r, item.start, n, item.images))
         ids, positions, writes = (t.to(self.device) for t in (ids, positions, writes))
         kv_len = max(item.start + len(item.tokens) for item in items)
@@ -160,6 +161,25 @@ class TransformersRunner:
         self.model = self.cache = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _pack(chunks: list[BatchItem]) -> list[list[BatchItem]]:
+    """Prompt chunks as forwards: text chunks of neighbouring slots share one while the padding
+    stays under the real tokens (a forward spans the slots between its rows and is as long as
+    its longest chunk); a chunk with images has one of its own."""
+    groups: list[list[BatchItem]] = []
+    group: list[BatchItem] = []
+    for item in sorted((c for c in chunks if c.images is None), key=lambda c: c.slot):
+        trial = [*group, item]
+        span = trial[-1].slot - trial[0].slot + 1
+        real = sum(len(c.tokens) for c in trial)
+        if group and span * max(len(c.tokens) for c in trial) > 2 * real:
+            groups.append(group)
+            trial = [item]
+        group = trial
+    if group:
+        groups.append(group)
+    return groups + [[c] for c in chunks if c.images is not None]
 
 
 def _prompt_chunk(item: BatchItem) -> bool:

@@ -54,7 +54,8 @@ class TextInputs:
         """Run the vision tower on a request's images (once, before it is scheduled)."""
 
     def inputs(self, rows, ids: torch.Tensor, positions: torch.Tensor) -> dict:
-        """The model's inputs for rows of (row, start, n_tokens, VisionPrompt | None)."""
+        """The model's inputs for rows of (row, start, n_tokens, VisionPrompt | None); a row's
+        n tokens are its last n positions (rows are padded on the left)."""
         return {"input_ids": ids, "position_ids": positions}
 
 
@@ -68,14 +69,16 @@ class ImageTokenInputs(TextInputs):
         embeds = self.model.get_input_embeddings()(ids)
         if self._rope_index:
             positions = positions[None].repeat(3, 1, 1)
+        length = ids.shape[1]
         for r, start, n, vision in rows:
             if vision is None:
                 continue
+            at = length - n
             k = max(0, min(n, vision.n_prompt - start))  # prompt tokens in this row
-            embeds[r, :k] = vision.embeds[start : start + k]
+            embeds[r, at : at + k] = vision.embeds[start : start + k]
             if self._rope_index:
-                positions[:, r, :n] += vision.rope_delta
-                positions[:, r, :k] = vision.positions[:, start : start + k]
+                positions[:, r, at:] += vision.rope_delta
+                positions[:, r, at : at + k] = vision.positions[:, start : start + k]
         return {"inputs_embeds": embeds, "position_ids": positions}
 
     def prepare(self, vision: VisionPrompt) -> None:
@@ -151,9 +154,10 @@ class CrossAttentionInputs(TextInputs):
         n_images, tiles = max(m.shape[1] for m in masks), masks[0].shape[2]
         device = masks[0].device
         cross = torch.zeros(*shape, n_images, tiles, dtype=torch.long, device=device)
+        length = shape[1]
         for (r, start, n, vision), mask in zip(rows, masks, strict=True):
             at = torch.arange(start, start + n, device=device).clamp(max=vision.n_prompt - 1)
-            cross[r, :n, : mask.shape[1]] = mask[at]
+            cross[r, length - n :, : mask.shape[1]] = mask[at]
         return cross
 
     def prepare(self, vision: VisionPrompt) -> None:
