@@ -218,23 +218,30 @@ IMAGE_MAX_PIXELS = 1_000_000
 
 
 @pytest.fixture(scope="session")
-def vision_server(tmp_path_factory):
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Every kind of tests/tiny_models.py, built once per session: kind -> folder."""
+    from tests.tiny_models import KINDS, build
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {kind: build(kind, root / kind) for kind in KINDS}
+
+
+@pytest.fixture(scope="session")
+def vision_server(tiny_models):
     """One chatd on the transformers runner serving tiny random VLMs and text models that the
     tests build (tests/tiny_models.py), and SmolLM2 dequantised from its GGUF. Image URLs on
     127.0.0.1 are allowed (the test image server); other private addresses are not."""
     from chatd.models.sources import packaged_models
-    from tests.tiny_models import build
 
-    root = tmp_path_factory.mktemp("tiny-models")
     specs = []
     for kind, model_id in {**VISION_MODELS, **TEXT_MODELS}.items():
-        specs += ["--model", f"{model_id}={build(kind, root / kind)}"]
+        specs += ["--model", f"{model_id}={tiny_models[kind]}"]
     specs += ["--model", f"{SMOLLM2_TRANSFORMERS}={packaged_models()[0].path}"]
     srv = Server(
         *specs, "--runner", "transformers", "--parallel", "4", "--ctx", "512",
         "--cache-url", "off", "--image-allow-host", "127.0.0.1",
         "--image-max-pixels", str(IMAGE_MAX_PIXELS),
-        env={"HF_HUB_OFFLINE": "1"},
+        env={"HF_HUB_OFFLINE": "1"},  # the models are folders here: never ask the hub
     )  # fmt: skip
     try:
         srv.wait_ready(timeout=300)
