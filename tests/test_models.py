@@ -202,3 +202,20 @@ def test_org_name_from_the_local_hf_cache(started, tmp_path):
     assert r.status_code == 200 and r.json()["model"] == "acme/tiny-chat"
     assert states(url)["acme/tiny-chat"] == "ready"
     assert ask(url, "acme/not-cached").status_code == 404
+
+
+def test_memory_budget_counts_what_a_transformers_model_holds(started, tiny_models):
+    """A loaded transformers model counts its weights and KV cache (here, with 32 slots, about
+    three times its folder): two copies of the tiny llama fit the budget by file size, not by
+    what they hold."""
+    folder = tiny_models["llama"]
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    url = started(
+        "--model", f"a={folder}", "--model", f"b={folder}", "--runner", "transformers",
+        "--parallel", "32", "--ctx", "2048", "--memory-budget", str(int(3.5 * size)),
+        env={"HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert ask(url, "a", wait=True).status_code == 200
+    assert ask(url, "b", wait=True).status_code == 200  # a (idle, LRU) makes room
+    got = states(url)
+    assert (got["a"], got["b"]) == ("available", "ready")

@@ -42,6 +42,7 @@ class ByteTokenizer:
 class BreaksOnFourthForward:
     name = "test"
     vision = False
+    memory_bytes = 0
     n_slots, n_ctx, max_batch_tokens = 2, 256, 256
     tokenizer = ByteTokenizer()
 

@@ -56,6 +56,13 @@ class ModelEntry:
     def idle(self) -> bool:
         return self.leases == 0 and self.state is ModelState.READY
 
+    @property
+    def footprint(self) -> int:
+        """Bytes it takes (or will take) in memory, for --memory-budget: what the runner
+        reports once loaded (a dequantised GGUF is several times its file), else the file."""
+        memory = self.loaded.engine.runner.memory_bytes if self.loaded else 0
+        return memory or self.source.size
+
     def loading_error(self) -> ChatdError:
         """503 while loading: the HF contract leaves waiting to the caller (x-wait-for-model)."""
         return ChatdError(
@@ -147,9 +154,9 @@ class Registry:
 
     def _make_room(self, incoming: ModelEntry) -> None:
         s = self.settings
-        if s.memory_budget and incoming.source.size > s.memory_budget:
+        if s.memory_budget and incoming.footprint > s.memory_budget:
             raise ChatdError(
-                503, f"Model {incoming.id} ({incoming.source.size} bytes) does not fit in the "
+                503, f"Model {incoming.id} ({incoming.footprint} bytes) does not fit in the "
                 f"memory budget of {s.memory_budget} bytes", "overloaded",
             )  # fmt: skip
         while self._too_full(incoming):
@@ -169,7 +176,7 @@ class Registry:
         ]  # fmt: skip
         if s.max_loaded_models and len(resident) + 1 > s.max_loaded_models:
             return True
-        used = sum(e.source.size for e in resident) + incoming.source.size
+        used = sum(e.footprint for e in resident) + incoming.footprint
         return bool(s.memory_budget) and used > s.memory_budget
 
     def _load(self, entry: ModelEntry) -> None:

@@ -66,6 +66,7 @@ class LlamaCppTokenizer:
 class LlamaCppRunner:
     name = "llamacpp"
     vision = False
+    memory_bytes = 0  # the GGUF's size is the estimate (weights mapped as they are)
 
     def __init__(
         self,

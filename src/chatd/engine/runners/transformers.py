@@ -83,6 +83,9 @@ class TransformersRunner:
         layer_types = getattr(text_config, "layer_types", None) or ()
         self._window = text_config.sliding_window if "sliding_attention" in layer_types else None
         self._inputs = inputs_for(self.model, config, self.cache)
+        tensors = [*self.model.parameters(), *self.model.buffers(), *self.cache.keys]
+        tensors += self.cache.values
+        self.memory_bytes = sum(t.numel() * t.element_size() for t in tensors if t is not None)
         progress(1.0)
 
     # -- images ---------------------------------------------------------------------------------
