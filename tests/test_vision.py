@@ -304,3 +304,13 @@ def test_json_schema_output_through_the_transformers_runner(vision_url):
         body = greedy(vision_url, model, ask([]), response_format=fmt, max_tokens=40)
         value = json.loads(body["choices"][0]["message"]["content"])
         assert value["color"] in ("red", "blue") and isinstance(value["sure"], bool)
+
+
+@pytest.mark.parametrize("kind", VISION_MODELS)
+def test_choices_share_the_images_and_each_gets_the_answer(vision_url, kind):
+    """n choices share one processed copy of the images (and Mllama's projected K/V)."""
+    model = VISION_MODELS[kind]
+    one = greedy(vision_url, model, ask([data_url("blue")]), max_tokens=12)
+    three = greedy(vision_url, model, ask([data_url("blue")]), max_tokens=12, n=3)
+    assert [c["message"] for c in three["choices"]] == [one["choices"][0]["message"]] * 3
+    assert three["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"]
