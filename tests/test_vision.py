@@ -194,7 +194,8 @@ def test_a_loopback_url_allowed_by_the_operator_is_fetched(vision_url, images):
         ("data:image/png;base64,%%%", "base64"),
     ],
 )
-def test_image_refusals_are_400s_naming_url_and_reason(vision_url, images, path, reason):
+def test_image_refusals_are_400s_naming_url_and_reason(vision_server, images, path, reason):
+    vision_url = vision_server.url
     port = images.rsplit(":", 1)[1]
     url = path.format(images=images, port=port)
     r = chat(vision_url, model=VISION_MODELS["llava"], messages=ask([url]), max_tokens=4)
@@ -204,6 +205,7 @@ def test_image_refusals_are_400s_naming_url_and_reason(vision_url, images, path,
     assert url[:30] in body["error"] and reason in body["error"].lower(), body
     if reason == "pixel limit":
         assert f"{IMAGE_MAX_PIXELS:,}" in body["error"]
+    assert body["error"] in vision_server.log.read_text()  # the operator sees it too
 
 
 def test_more_images_than_allowed_is_a_400(vision_url):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
-from chatd.chat.images import ImageLimits, fetch_images
+from chatd.chat.images import ImageError, ImageLimits, fetch_images
 from chatd.chat.messages import template_messages
 from chatd.chat.template import ChatTemplate
 from chatd.chat.tools import ToolPlan, with_tool_prompt
 from chatd.engine.runners.base import Runner
 from chatd.server.protocol import Message
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,7 +42,11 @@ async def build_prompt(
         raise ValueError(
             f"messages: at most {limits.max_images} images per request, got {len(urls)}"
         )
-    images = await fetch_images(urls, limits)
+    try:
+        images = await fetch_images(urls, limits)
+    except ImageError as exc:  # the operator may want to see what clients tried to reach
+        log.warning("%s", exc)
+        raise
     # The processor resizes and normalises: CPU work, kept off the event loop.
     tokens, processed = await asyncio.to_thread(runner.encode_images, text, images)
     return Prompt(tokens, processed)
