@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import httpx
 import huggingface_hub
 import openai
 import pytest
 
-from chatd.models.sources import DEFAULT_MODEL_ID, resolve
+from chatd.models.sources import DEFAULT_MODEL_ID, ModelSource, resolve
 from tests.conftest import NO_END, Server
 
 SMOL = str(resolve(None).path)
@@ -78,10 +79,11 @@ def test_clients_see_the_loading_state(started):
 
 
 def test_lru_model_is_unloaded_under_a_memory_budget(started):
-    budget = str(int(2.5 * resolve(None).size))  # room for two copies, not three
+    # Room for two copies, not three (a small KV cache: weights are most of each).
+    budget = str(int(2.5 * resolve(None).size))
     url = started(
         "--model", f"a={SMOL}", "--model", f"b={SMOL}", "--model", f"c={SMOL}",
-        "--memory-budget", budget,
+        "--memory-budget", budget, "--parallel", "1", "--ctx", "256",
     )  # fmt: skip
     assert ask(url, "b", wait=True).status_code == 200
     assert ask(url, "a", wait=True).status_code == 200  # a is now the most recently used
@@ -204,16 +206,18 @@ def test_org_name_from_the_local_hf_cache(started, tmp_path):
     assert ask(url, "acme/not-cached").status_code == 404
 
 
-def test_memory_budget_counts_what_a_transformers_model_holds(started, tiny_models):
-    """A loaded transformers model counts its weights and KV cache (here, with 32 slots, about
-    three times its folder): two copies of the tiny llama fit the budget by file size, not by
-    what they hold."""
-    folder = tiny_models["llama"]
-    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+@pytest.mark.parametrize("runner", ["llamacpp", "transformers"])
+def test_memory_budget_counts_what_a_loaded_model_holds(started, tiny_models, runner):
+    """A loaded model counts its weights and KV cache (here about twice its files): two copies
+    fit the budget by file size, not by what they hold."""
+    if runner == "llamacpp":
+        path, slots = Path(SMOL), ["--parallel", "4", "--ctx", "1024"]
+    else:
+        path, slots = tiny_models["llama"], ["--parallel", "32", "--ctx", "2048"]
+    size = ModelSource("a", path).size
     url = started(
-        "--model", f"a={folder}", "--model", f"b={folder}", "--runner", "transformers",
-        "--parallel", "32", "--ctx", "2048", "--memory-budget", str(int(3.5 * size)),
-        env={"HF_HUB_OFFLINE": "1"},
+        "--model", f"a={path}", "--model", f"b={path}", "--runner", runner, *slots,
+        "--memory-budget", str(int(2.4 * size)), env={"HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
     assert ask(url, "a", wait=True).status_code == 200
     assert ask(url, "b", wait=True).status_code == 200  # a (idle, LRU) makes room

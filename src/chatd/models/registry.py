@@ -59,9 +59,9 @@ class ModelEntry:
     @property
     def footprint(self) -> int:
         """Bytes it takes (or will take) in memory, for --memory-budget: what the runner
-        reports once loaded (a dequantised GGUF is several times its file), else the file."""
-        memory = self.loaded.engine.runner.memory_bytes if self.loaded else 0
-        return memory or self.source.size
+        holds once loaded (weights and KV cache; a dequantised GGUF is several times its
+        file), the file's size before."""
+        return self.loaded.engine.runner.memory_bytes if self.loaded else self.source.size
 
     def loading_error(self) -> ChatdError:
         """503 while loading: the HF contract leaves waiting to the caller (x-wait-for-model)."""

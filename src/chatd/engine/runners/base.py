@@ -42,7 +42,7 @@ class Runner(Protocol):
     max_batch_tokens: int  # tokens one forward may take
     tokenizer: Tokenizer
     vision: bool  # takes images: then encode_images is there
-    memory_bytes: int  # what it holds in memory (0: unknown, the file size stands in)
+    memory_bytes: int  # what it holds in memory: weights and KV cache
 
     def encode_images(self, text: str, images: list) -> tuple[list[int], Any]:
         """The prompt's tokens with each image's tokens in place, and the processed images

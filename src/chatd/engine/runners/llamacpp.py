@@ -66,7 +66,6 @@ class LlamaCppTokenizer:
 class LlamaCppRunner:
     name = "llamacpp"
     vision = False
-    memory_bytes = 0  # the GGUF's size is the estimate (weights mapped as they are)
 
     def __init__(
         self,
@@ -106,6 +105,14 @@ class LlamaCppRunner:
         self.tokenizer = LlamaCppTokenizer(self.model)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
         self._batch = llama_cpp.llama_batch_init(self.max_batch_tokens, 0, 1)
+        self.memory_bytes = llama_cpp.llama_model_size(self.model) + self._kv_bytes()
+
+    def _kv_bytes(self) -> int:
+        """The KV cache: every layer keeps a key and a value (f16) per head per position."""
+        m = self.model
+        head_dim = llama_cpp.llama_model_n_embd(m) // llama_cpp.llama_model_n_head(m)
+        per_position = llama_cpp.llama_model_n_head_kv(m) * head_dim * 2 * 2
+        return llama_cpp.llama_model_n_layer(m) * self.n_ctx * self.n_slots * per_position
 
     def forward(self, items: list[BatchItem]) -> np.ndarray:
         batch = self._batch
