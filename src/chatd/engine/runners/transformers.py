@@ -64,8 +64,9 @@ class TransformersRunner:
         self.vision = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
         progress(0.05)
         auto = AutoModelForImageTextToText if self.vision else AutoModelForCausalLM
-        model = auto.from_pretrained(where, dtype=self.dtype, **gguf)
-        self.model = model.to(self.device).eval()
+        # Straight onto the device (a GPU load does not pass through host memory first).
+        model = auto.from_pretrained(where, dtype=self.dtype, device_map=str(self.device), **gguf)
+        self.model = model.eval()
         progress(0.9)
         self.processor = _load_processor(where, config) if self.vision else None
         hf_tok = self.processor.tokenizer if self.processor else None
