@@ -206,6 +206,27 @@ def test_org_name_from_the_local_hf_cache(started, tmp_path):
     assert ask(url, "acme/not-cached").status_code == 404
 
 
+def test_a_vision_model_folder_from_the_local_hf_cache(started, tmp_path, tiny_models):
+    """An `org/name` snapshot folder (no GGUF) loads with transformers and takes images."""
+    snapshot = tmp_path / "models--acme--tiny-vlm" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "models--acme--tiny-vlm" / "refs").mkdir()
+    (tmp_path / "models--acme--tiny-vlm" / "refs" / "main").write_text("abc123")
+    for file in tiny_models["llava"].iterdir():
+        (snapshot / file.name).symlink_to(file)
+    url = started(
+        "--model", f"a={SMOL}", env={"HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    )
+    pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+    content = [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{pixel}"}},
+        {"type": "text", "text": "What is this?"},
+    ]
+    r = ask(url, "acme/tiny-vlm", wait=True, messages=[{"role": "user", "content": content}])
+    assert r.status_code == 200, r.text
+    assert r.json()["system_fingerprint"].endswith("transformers")
+
+
 @pytest.mark.parametrize("runner", ["llamacpp", "transformers"])
 def test_memory_budget_counts_what_a_loaded_model_holds(started, tiny_models, runner):
     """A loaded model counts its weights and KV cache (here about twice its files): two copies
