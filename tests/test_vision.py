@@ -20,6 +20,7 @@ from tests.conftest import (
     IMAGE_MAX_PIXELS,
     SNIPPET_VISION_MODEL,
     VISION_MODELS,
+    Server,
     chat,
 )
 
@@ -176,6 +177,26 @@ def test_a_loopback_url_allowed_by_the_operator_is_fetched(vision_url, images):
     fetched = greedy(vision_url, model, ask([f"{images}/red.png"]), logprobs=True, top_logprobs=5)
     inline = greedy(vision_url, model, ask([data_url("red")]), logprobs=True, top_logprobs=5)
     assert first_top(fetched) == first_top(inline)  # the same bytes, the same answer
+
+
+def test_allow_private_images_lets_every_private_address_through(tiny_models, images):
+    """--allow-private-images (rather than a host list): `localhost`, refused by the main
+    vision server, is fetched."""
+    srv = Server(
+        "--model", f"tiny-llava={tiny_models['llava']}", "--allow-private-images",
+        "--cache-url", "off", env={"HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    try:
+        srv.wait_ready(timeout=120)
+        port = images.rsplit(":", 1)[1]
+        url = f"http://localhost:{port}/red.png"
+        body = greedy(srv.url, "tiny-llava", ask([url]), logprobs=True, top_logprobs=5)
+        inline = greedy(
+            srv.url, "tiny-llava", ask([data_url("red")]), logprobs=True, top_logprobs=5
+        )
+        assert first_top(body) == first_top(inline)
+    finally:
+        srv.stop()
 
 
 @pytest.mark.parametrize(
