@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub import InferenceClient
 from openai import OpenAI
 
-from tests.conftest import CTX, PARALLEL, chat, sse_events
+from tests.conftest import CTX, NO_END, PARALLEL, chat, sse_events
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 HI = [{"role": "user", "content": "Say hello."}]
@@ -76,7 +76,8 @@ def test_non_stream_body_has_openai_shape(openai_client):
 
 
 def test_stream_framing_role_once_and_done_exactly(base_url):
-    events = sse_events(base_url, max_tokens=8)
+    # The end-of-turn tokens banned: a sampled answer could end before max_tokens.
+    events = sse_events(base_url, max_tokens=8, logit_bias=NO_END)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
@@ -91,7 +92,9 @@ def test_stream_framing_role_once_and_done_exactly(base_url):
 
 
 def test_stream_usage_only_when_asked(base_url):
-    events = sse_events(base_url, max_tokens=6, stream_options={"include_usage": True})
+    events = sse_events(
+        base_url, max_tokens=6, logit_bias=NO_END, stream_options={"include_usage": True}
+    )
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     *content, last = chunks
