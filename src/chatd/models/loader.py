@@ -59,26 +59,23 @@ def _llamacpp(path: Path, settings: Settings, progress) -> Runner:
         )
     from chatd.engine.runners.llamacpp import LlamaCppRunner
 
-    return LlamaCppRunner(
-        str(path),
-        n_slots=settings.parallel,
-        n_ctx=settings.ctx,
-        n_threads=settings.threads,
-        max_batch_tokens=settings.batch_tokens,
-        progress=progress,
-    )
+    return LlamaCppRunner(str(path), **_shared(settings, progress))
 
 
 def _transformers(path: Path, settings: Settings, progress) -> Runner:
     from chatd.engine.runners.transformers import TransformersRunner  # imports torch: slow
 
     return TransformersRunner(
-        path,
-        n_slots=settings.parallel,
-        n_ctx=settings.ctx,
-        n_threads=settings.threads,
-        max_batch_tokens=settings.batch_tokens,
-        device=settings.device,
-        dtype=settings.dtype,
-        progress=progress,
+        path, device=settings.device, dtype=settings.dtype, **_shared(settings, progress)
     )
+
+
+def _shared(settings: Settings, progress) -> dict:
+    """What every runner takes: its slots, their context, threads, batch size, progress."""
+    return {
+        "n_slots": settings.parallel,
+        "n_ctx": settings.ctx,
+        "n_threads": settings.threads,
+        "max_batch_tokens": settings.batch_tokens,
+        "progress": progress,
+    }
