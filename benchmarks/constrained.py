@@ -13,7 +13,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from benchmarks.load import format_table, pool_rows, print_progress, run_levels
+from benchmarks.load import alternating, format_table, print_progress, run_levels
 from benchmarks.vs_llama_server import (
     CACHE,
     ROOT,
@@ -75,19 +75,15 @@ def main() -> None:
            "--cache-url", "off"]  # fmt: skip
     wait_quiet(600)
     with serving("chatd", cmd, port, CACHE / "constrained-chatd.log") as (url, pid):
-        rows: dict[str, list[dict[str, Any]]] = {"free": [], "constrained": []}
-        for level in levels:
-            # Rounds in alternating order, so drift on a shared machine hits both kinds alike.
-            runs: dict[str, list[dict[str, Any]]] = {"free": [], "constrained": []}
-            for r in range(args.rounds):
-                kinds = [("free", None), ("constrained", {"response_format": ESSAY})]
-                for kind, extra in kinds if r % 2 == 0 else kinds[::-1]:
-                    runs[kind] += asyncio.run(
-                        run_levels(url, [level], args.requests_per_level, args.max_tokens,
-                                   server_pid=pid, on_level=print_progress, extra_body=extra)
-                    )  # fmt: skip
-            for kind, got in runs.items():
-                rows[kind].append(pool_rows(got))
+
+        def with_body(extra: dict[str, Any] | None):
+            return lambda level: asyncio.run(
+                run_levels(url, [level], args.requests_per_level, args.max_tokens,
+                           server_pid=pid, on_level=print_progress, extra_body=extra)
+            )  # fmt: skip
+
+        kinds = {"free": None, "constrained": {"response_format": ESSAY}}
+        rows = alternating(levels, args.rounds, {k: with_body(e) for k, e in kinds.items()})
     for kind, table in rows.items():
         print(f"\n{kind}\n{format_table(table)}")
     section = markdown(rows["free"], rows["constrained"], args)

@@ -301,6 +301,26 @@ def pool_rows(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+Contender = Callable[[int], list[dict[str, Any]]]  # a level -> its run's rows
+
+
+def alternating(
+    levels: list[int], rounds: int, contenders: dict[str, Contender]
+) -> dict[str, list[dict[str, Any]]]:
+    """Every contender at every level, `rounds` times, in an order that alternates from round
+    to round so that drift on a shared machine hits all alike; one pooled row per level each."""
+    names = list(contenders)
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for level in levels:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for i in range(rounds):
+            for name in names if i % 2 == 0 else names[::-1]:
+                runs[name] += contenders[name](level)
+        for name, got in runs.items():
+            rows[name].append(pool_rows(got))
+    return rows
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     def ms(x: float | None) -> str:
         return "-" if x is None else f"{x * 1000:.1f}"

@@ -15,7 +15,7 @@ import asyncio
 from contextlib import ExitStack
 from typing import Any
 
-from benchmarks.load import format_table, pool_rows, print_progress, run_levels
+from benchmarks.load import alternating, format_table, print_progress, run_levels
 from benchmarks.vs_llama_server import (
     CACHE,
     ROOT,
@@ -75,18 +75,15 @@ def main() -> None:
                 cmd += ["--dtype", args.dtype]
             log = CACHE / f"runners-{runner}.log"
             servers[runner] = stack.enter_context(serving(runner, cmd, port, log, timeout=600))
-        rows: dict[str, list[dict[str, Any]]] = {r: [] for r in RUNNERS}
-        for level in levels:
-            runs: dict[str, list[dict[str, Any]]] = {r: [] for r in RUNNERS}
-            for i in range(args.rounds):
-                for runner in RUNNERS if i % 2 == 0 else RUNNERS[::-1]:
-                    url, pid = servers[runner]
-                    runs[runner] += asyncio.run(
-                        run_levels(url, [level], args.requests_per_level, args.max_tokens,
-                                   server_pid=pid, on_level=print_progress)
-                    )  # fmt: skip
-            for runner, got in runs.items():
-                rows[runner].append(pool_rows(got))
+
+        def on(runner: str):
+            url, pid = servers[runner]
+            return lambda level: asyncio.run(
+                run_levels(url, [level], args.requests_per_level, args.max_tokens,
+                           server_pid=pid, on_level=print_progress)
+            )  # fmt: skip
+
+        rows = alternating(levels, args.rounds, {runner: on(runner) for runner in RUNNERS})
     for runner, table in rows.items():
         print(f"\n{runner}\n{format_table(table)}")
     section = markdown(rows, args)
