@@ -18,7 +18,7 @@ import torch
 from chatd.engine.runners.kv_slots import SlotCache
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: one object per request's images
 class VisionPrompt:
     """A prompt's images, processed (the GenerationRequest's `images`)."""
 
@@ -118,6 +118,9 @@ class CrossAttentionInputs(TextInputs):
     def __init__(self, model, image_token_id: int | None, cache: SlotCache):
         super().__init__(model, image_token_id)
         self.cache = cache
+        # The batch's stacked keys and values, kept while its rows with images stay the same
+        # (decoding steps mostly repeat the last one's): (batch, rows and images), stacked.
+        self._stack: tuple[tuple, list] | None = None
 
     def inputs(self, rows, ids, positions):
         out = super().inputs(rows, ids, positions)
@@ -130,6 +133,8 @@ class CrossAttentionInputs(TextInputs):
             out["cross_attention_states"], vision.states = vision.states[None], None
         else:
             self.cache.read_cross(self._stacked(with_images, ids.shape[0]) if with_images else None)
+            if not with_images:
+                self._stack = None
         if with_images:
             out["cross_attention_mask"] = self._mask(with_images, ids.shape)
         return out
@@ -137,6 +142,12 @@ class CrossAttentionInputs(TextInputs):
     def _stacked(self, rows, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each cross layer's cached keys and values for the batch, zeros where a row has
         fewer images (or none: its mask is all zeros too)."""
+        key = (batch, tuple((r, vision) for r, *_, vision in rows))
+        if self._stack is None or self._stack[0] != key:
+            self._stack = key, self._stack_anew(rows, batch)
+        return self._stack[1]
+
+    def _stack_anew(self, rows, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         longest = max(vision.cross_kv[0][0].shape[1] for *_, vision in rows)
         out = []
         for layer, (k0, _) in enumerate(rows[0][3].cross_kv):
