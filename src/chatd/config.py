@@ -68,5 +68,5 @@ class Settings:
             max_redirects=self.image_max_redirects,
             max_images=self.max_images,
             allow_private=self.allow_private_images,
-            allow_hosts=frozenset(h.lower() for h in self.image_allow_hosts),
+            allow_hosts=frozenset(self.image_allow_hosts),  # normalised where compared
         )

@@ -108,13 +108,13 @@ def _data_url_bytes(url: str, limits: ImageLimits) -> bytes:
         raise ImageError(url, f"refused: data URL type {mime!r} is not an image type")
     # 4 characters carry 3 bytes: refuse what is surely too big before decoding it.
     if len(payload) // 4 * 3 - 2 > limits.max_bytes:
-        raise ImageError(url, f"refused: the image is over the {limits.max_bytes:,}-byte limit")
+        raise ImageError(url, _too_big(limits))
     try:
         data = base64.b64decode(payload, validate=True)
     except ValueError:  # binascii.Error, or non-ASCII characters
         raise ImageError(url, "the data URL is not valid base64") from None
     if len(data) > limits.max_bytes:
-        raise ImageError(url, f"refused: the image is over the {limits.max_bytes:,}-byte limit")
+        raise ImageError(url, _too_big(limits))
     return data
 
 
@@ -204,17 +204,20 @@ def _non_public_kind(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str
 async def _read_body(url: str, response: httpx.Response, limits: ImageLimits) -> bytes:
     if not response.is_success:
         raise ImageError(url, f"HTTP {response.status_code} {response.reason_phrase}".rstrip())
-    too_big = f"refused: the image is over the {limits.max_bytes:,}-byte limit"
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limits.max_bytes:
-        raise ImageError(url, too_big)
+        raise ImageError(url, _too_big(limits))
     # Counted as it arrives: a missing or lying Content-Length cannot get more through.
     body = bytearray()
     async for chunk in response.aiter_raw():
         body += chunk
         if len(body) > limits.max_bytes:
-            raise ImageError(url, too_big)
+            raise ImageError(url, _too_big(limits))
     return bytes(body)
+
+
+def _too_big(limits: ImageLimits) -> str:
+    return f"refused: the image is over the {limits.max_bytes:,}-byte limit"
 
 
 def _decode(url: str, data: bytes, limits: ImageLimits) -> Image.Image:
