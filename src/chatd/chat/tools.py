@@ -14,8 +14,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from chatd.engine.constraints import JSON_OPTIONS, Constraint, LazyConstraint, lark_grammar
+from chatd.engine.constraints import JSON_OPTIONS, lark_grammar
 from chatd.engine.runners.base import Tokenizer
+from chatd.engine.types import Grammar
 from chatd.server.protocol import ChatRequest, NamedToolChoice, Tool
 
 # TGI's default, which HF users know: put before the tool list.
@@ -30,6 +31,9 @@ FALLBACK_FORMAT = (
     '"arguments": <the arguments as an object>}.'
 )
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+# How an answer that is a call begins: the lazy grammar takes hold on these, and a stream
+# holds back text that may still become one of them.
+CALL_STARTS = (OPEN, "{", "```json")
 
 
 class ToolChoiceError(ValueError):
@@ -87,10 +91,10 @@ def with_tool_prompt(messages: list[dict[str, Any]], plan: ToolPlan) -> list[dic
     return [{"role": "system", "content": text}, *messages]
 
 
-def constraint_for(plan: ToolPlan, tokenizer: Tokenizer) -> Constraint | LazyConstraint:
+def calls_grammar(plan: ToolPlan, tokenizer: Tokenizer) -> Grammar:
     """Forced: the whole answer is calls. Auto: once the answer starts like a call, it is one."""
-    calls = Constraint(tokenizer.grammar_tokenizer, lark_grammar(_calls_lark(plan, tokenizer)))
-    return calls if plan.forced else LazyConstraint(calls, (OPEN, "{", "```json"))
+    text = lark_grammar(_calls_lark(plan, tokenizer))
+    return Grammar(text) if plan.forced else Grammar(text, triggers=CALL_STARTS)
 
 
 def _calls_lark(plan: ToolPlan, tokenizer: Tokenizer) -> str:
@@ -199,4 +203,4 @@ class ToolCallStream:
 
 
 def _may_be_call(head: str) -> bool:
-    return any(head.startswith(p) or p.startswith(head) for p in (OPEN, "{", "[", "```json"))
+    return any(head.startswith(p) or p.startswith(head) for p in CALL_STARTS)

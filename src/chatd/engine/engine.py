@@ -6,10 +6,11 @@ import asyncio
 import time
 from typing import Protocol
 
+from chatd.engine.constraints import Grammars
 from chatd.engine.runners.base import Runner
 from chatd.engine.scheduler import Events, Scheduler
 from chatd.engine.sequence import Sequence
-from chatd.engine.types import GenerationRequest, TokenEvent
+from chatd.engine.types import GenerationRequest, Grammar, Load, TokenEvent
 
 
 class Observer(Protocol):
@@ -70,18 +71,28 @@ class Engine:
     def __init__(self, runner: Runner):
         self.runner = runner
         self.tokenizer = runner.tokenizer
+        self.grammars = Grammars(runner.tokenizer.grammar_tokenizer)
         self.scheduler = Scheduler(runner, self._on_events)
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.observer: Observer | None = None
         self.scheduler.start()
 
+    def check(self, grammar: Grammar) -> None:
+        """Raises GrammarError for a grammar this model's tokenizer cannot follow."""
+        self.grammars.check(grammar)
+
     def submit(self, request: GenerationRequest) -> Generation:
         """Queue the request now (synchronously: a caller can check capacity and submit
         with nothing in between) and return its events."""
+        grammar = request.grammar
+        seq = Sequence(request, self.tokenizer, grammar and self.grammars.constraint(grammar))
         queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self._queues[request.id] = (asyncio.get_running_loop(), queue)
-        self.scheduler.submit(Sequence(request, self.tokenizer))
+        self.scheduler.submit(seq)
         return Generation(self, request.id, queue)
+
+    def load(self) -> Load:
+        return self.scheduler.load()
 
     def forget(self, request_id: str) -> None:
         self._queues.pop(request_id, None)

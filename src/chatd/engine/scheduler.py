@@ -18,7 +18,7 @@ from chatd.engine.constraints import allowed_tokens, fill_masks
 from chatd.engine.runners.base import BatchItem, Runner
 from chatd.engine.sampler import adjust_logits, choose, log_softmax_at
 from chatd.engine.sequence import Sequence
-from chatd.engine.types import TokenEvent, TokenLogprob, TopLogprob
+from chatd.engine.types import Load, TokenEvent, TokenLogprob, TopLogprob
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,10 @@ class Scheduler:
             self._aborted.add(request_id)
             self._cv.notify()
 
-    def counts(self) -> dict[str, int]:
-        """Sequences decoding, and those that will have to wait for a slot (read from another
-        thread: a snapshot). Submitted ones that a free slot will take at once do not wait."""
+    def load(self) -> Load:
+        """A snapshot, read from another thread."""
         queued = len(self.waiting) + len(self._inbox)
-        return {"running": len(self.running), "waiting": max(0, queued - len(self._free_slots))}
+        return Load(running=len(self.running), waiting=max(0, queued - len(self._free_slots)))
 
     def stop(self) -> None:
         with self._cv:
@@ -145,11 +144,11 @@ class Scheduler:
 
     def _grammar_masks(self, sampling: list[Sequence]) -> dict[str, np.ndarray]:
         """The allowed tokens of every constrained sequence, computed together."""
-        constrained = [s for s in sampling if s.request.constraint and s.request.constraint.active]
+        constrained = [s for s in sampling if s.constraint and s.constraint.active]
         if not constrained:
             return {}
         n_vocab = self.tokenizer.n_vocab
-        masks = fill_masks([s.request.constraint for s in constrained], n_vocab)
+        masks = fill_masks([s.constraint for s in constrained], n_vocab)
         return {s.id: allowed_tokens(m, n_vocab) for s, m in zip(constrained, masks, strict=True)}
 
     def _advance(self, seq: Sequence, logits: np.ndarray, allowed=None) -> TokenEvent:
@@ -166,7 +165,7 @@ class Scheduler:
         else:
             text = seq.detokenizer.step(token)
             event.logprobs = self._logprobs(logits, token, params.top_logprobs, params)
-        constraint = seq.request.constraint
+        constraint = seq.constraint
         if constraint:
             constraint.consume(token, text)
             if constraint.error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from chatd.engine.constraints import Constraint, LazyConstraint
 from chatd.engine.detokenizer import Detokenizer
 from chatd.engine.runners.base import Tokenizer
 from chatd.engine.sampler import SamplerState
@@ -10,7 +11,12 @@ from chatd.engine.types import GenerationRequest
 
 
 class Sequence:
-    def __init__(self, request: GenerationRequest, tokenizer: Tokenizer):
+    def __init__(
+        self,
+        request: GenerationRequest,
+        tokenizer: Tokenizer,
+        constraint: Constraint | LazyConstraint | None = None,
+    ):
         self.request = request
         self.tokens = list(request.prompt)  # prompt, then each sampled token
         self.n_cached = 0  # how many of self.tokens the KV cache holds
@@ -20,6 +26,7 @@ class Sequence:
         self.sampler = SamplerState(request.sampling, request.prompt)
         self.detokenizer = Detokenizer(tokenizer.token_bytes, tokenizer.hidden)
         self.stop = StopMatcher(request.stop)
+        self.constraint = constraint  # the state of request.grammar, advanced token by token
 
     @property
     def id(self) -> str:

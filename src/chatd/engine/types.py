@@ -1,12 +1,9 @@
-"""The boundary between the HTTP layer and the engine: plain dataclasses, no tensors."""
+"""The boundary between the chat layer and the engine: data that says what to generate, and
+the events that come back. No live state: matchers and sampler state live in the Sequence."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from chatd.engine.constraints import Constraint, LazyConstraint
 
 
 @dataclass(frozen=True)
@@ -24,7 +21,25 @@ class SamplingParams:
     top_logprobs: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
+class Grammar:
+    """A grammar the output must follow, in llguidance's form. With triggers it is lazy: it
+    takes hold only once the output starts with one of them (a tool call in an answer that
+    may also be plain text)."""
+
+    text: str
+    triggers: tuple[str, ...] = ()
+
+
+@dataclass(eq=False, kw_only=True)
+class PromptImages:
+    """A prompt's images as a runner processed them (`Runner.encode_images`). The scheduler
+    reads only `reusable`; each runner subclasses this with what its forward needs."""
+
+    reusable: int  # prompt tokens before the first image: a cached prefix may cover these
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One sequence to generate: the engine never sees messages or HTTP."""
 
@@ -33,10 +48,17 @@ class GenerationRequest:
     sampling: SamplingParams
     max_tokens: int
     stop: tuple[str, ...] = ()
-    constraint: Constraint | LazyConstraint | None = None  # a grammar the output must follow
-    # The runner's processed images (runner.encode_images), if any; `.reusable` is how many
-    # prompt tokens precede the first image (a cached prefix may cover only those).
-    images: Any = None
+    grammar: Grammar | None = None
+    images: PromptImages | None = None
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a model's engine is busy with: sequences decoding, and those that will have to
+    wait for a slot (submitted ones that a free slot takes at once do not wait)."""
+
+    running: int
+    waiting: int
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,8 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     async def prometheus() -> Response:
         for entry in registry.entries.values():
             if entry.loaded:  # gauges read now, at scrape time
-                counts = entry.loaded.engine.scheduler.counts()
-                metrics.set_sequences(entry.id, counts["running"], counts["waiting"])
+                load = entry.loaded.engine.load()
+                metrics.set_sequences(entry.id, load.running, load.waiting)
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 

@@ -10,11 +10,17 @@ from dataclasses import dataclass, field, replace
 
 from chatd.chat.prompt import build_prompt
 from chatd.chat.structured import response_format_grammar
-from chatd.chat.tools import ToolPlan, constraint_for, parse_tool_calls, plan_tools
+from chatd.chat.tools import ToolPlan, calls_grammar, parse_tool_calls, plan_tools
 from chatd.config import Settings
-from chatd.engine.constraints import Constraint, GrammarError
+from chatd.engine.constraints import GrammarError
 from chatd.engine.engine import Generation
-from chatd.engine.types import GenerationRequest, SamplingParams, TokenEvent, TokenLogprob
+from chatd.engine.types import (
+    GenerationRequest,
+    Grammar,
+    SamplingParams,
+    TokenEvent,
+    TokenLogprob,
+)
 from chatd.models.loader import LoadedModel
 from chatd.server.errors import ChatdError, bad_request
 from chatd.server.protocol import ChatRequest
@@ -51,7 +57,7 @@ async def prepare(body: ChatRequest, model: LoadedModel, settings: Settings) -> 
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     prompt = built.tokens
-    constraint = _constraint(body, tools, runner.tokenizer)
+    grammar = _grammar(body, tools, model)
     room = runner.n_ctx - len(prompt)
     if room < 1:
         raise bad_request(
@@ -86,7 +92,7 @@ async def prepare(body: ChatRequest, model: LoadedModel, settings: Settings) -> 
             sampling=sampling if body.seed is None else replace(sampling, seed=body.seed + i),
             max_tokens=max_tokens,
             stop=tuple(body.stop),
-            constraint=constraint.copy() if constraint else None,
+            grammar=grammar,
             images=built.images,
         )
         for i in range(n)
@@ -94,7 +100,7 @@ async def prepare(body: ChatRequest, model: LoadedModel, settings: Settings) -> 
     return Job(requests, tools)
 
 
-def _constraint(body: ChatRequest, tools: ToolPlan | None, tokenizer):
+def _grammar(body: ChatRequest, tools: ToolPlan | None, model: LoadedModel) -> Grammar | None:
     fmt = body.response_format
     if tools:
         if fmt and fmt.type != "text":
@@ -102,12 +108,17 @@ def _constraint(body: ChatRequest, tools: ToolPlan | None, tokenizer):
                 "response_format: cannot be combined with tools; use one or the other"
             )
         try:
-            return constraint_for(tools, tokenizer)
+            grammar = calls_grammar(tools, model.engine.tokenizer)
+            model.engine.check(grammar)
+            return grammar
         except GrammarError as exc:
             raise bad_request(f"tools: a tool's parameters schema is not usable: {exc}") from exc
     try:
-        grammar = response_format_grammar(fmt)
-        return Constraint(tokenizer.grammar_tokenizer, grammar) if grammar else None
+        text = response_format_grammar(fmt)
+        grammar = Grammar(text) if text else None
+        if grammar:
+            model.engine.check(grammar)
+        return grammar
     except GrammarError as exc:
         raise bad_request(f"response_format: {exc}") from exc
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import asdict
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -96,7 +97,7 @@ def _cached_response(completion: dict, body: ChatRequest, cache: CacheLookup):
 
 
 def _refuse_when_queue_full(model: LoadedModel, incoming: int, max_queue: int) -> None:
-    waiting = model.engine.scheduler.counts()["waiting"]
+    waiting = model.engine.load().waiting
     if waiting + incoming > max_queue:
         raise ChatdError(
             429, f"Model {model.id} has {waiting} requests waiting (limit {max_queue}); "
@@ -203,5 +204,5 @@ async def info(request: Request):
             "max_stop": MAX_STOP,
             "max_top_logprobs": MAX_TOP_LOGPROBS,
         },
-        "sequences": engine.scheduler.counts() if engine else None,
+        "sequences": asdict(engine.load()) if engine else None,
     }

@@ -7,6 +7,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from chatd.engine.types import PromptImages
+
 
 @dataclass
 class BatchItem:
@@ -16,7 +18,7 @@ class BatchItem:
     tokens: list[int]
     start: int
     want_logits: bool  # logits for the last token, to sample from
-    images: Any = None  # the sequence's processed images (GenerationRequest.images), if any
+    images: PromptImages | None = None  # the sequence's processed images, if any
 
 
 class Tokenizer(Protocol):
@@ -44,7 +46,7 @@ class Runner(Protocol):
     vision: bool  # takes images: then encode_images is there
     memory_bytes: int  # what it holds in memory: weights and KV cache
 
-    def encode_images(self, text: str, images: list) -> tuple[list[int], Any]:
+    def encode_images(self, text: str, images: list) -> tuple[list[int], PromptImages]:
         """The prompt's tokens with each image's tokens in place, and the processed images
         (opaque to all but the runner, which gets them back in BatchItem.images)."""
         ...

@@ -104,7 +104,7 @@ class TransformersRunner:
         tensors = {k: v.to(self.device) for k, v in out.items() if isinstance(v, torch.Tensor)}
         image_id = self._inputs.image_token_id
         first = ids.index(image_id) if image_id in ids else len(ids)
-        vision = VisionPrompt(ids, tensors, reusable=first)
+        vision = VisionPrompt(input_ids=ids, tensors=tensors, reusable=first)
         self._inputs.prepare(vision)
         return ids, vision
 

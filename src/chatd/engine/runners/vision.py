@@ -16,15 +16,15 @@ from dataclasses import dataclass
 import torch
 
 from chatd.engine.runners.kv_slots import SlotCache
+from chatd.engine.types import PromptImages
 
 
-@dataclass(eq=False)  # compared by identity: one object per request's images
-class VisionPrompt:
+@dataclass(eq=False, kw_only=True)  # compared by identity: one object per request's images
+class VisionPrompt(PromptImages):
     """A prompt's images, processed (the GenerationRequest's `images`)."""
 
     input_ids: list[int]
     tensors: dict[str, torch.Tensor]  # what the processor gave besides the ids
-    reusable: int  # prompt tokens before the first image: a cached prefix may cover these
     # Filled by the runner's adapter (prepare, in the request's worker thread):
     embeds: torch.Tensor | None = None  # [P, hidden] prompt embeddings, image features in place
     positions: torch.Tensor | None = None  # [3, P] M-RoPE positions of the prompt
