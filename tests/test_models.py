@@ -134,7 +134,8 @@ def test_failed_load_reports_its_cause_and_is_retried(started, tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     failed = ask(url, "bad")
-    assert failed.status_code == 500 and "failed to load" in failed.json()["error"]
+    assert failed.status_code == 503 and "failed to load" in failed.json()["error"]
+    assert failed.json()["error_type"] == "load_failed" and int(failed.headers["retry-after"]) >= 1
     listed = {m["id"]: m for m in httpx.get(f"{url}/v1/models").json()["data"]}
     assert "could not load" in listed["bad"]["error"]
     time.sleep(1.2)

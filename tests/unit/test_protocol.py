@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from chatd.server.protocol import ChatRequest
+from chatd.protocol.request import ChatRequest
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

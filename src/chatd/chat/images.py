@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import httpx
 from PIL import Image
 
+from chatd.chat.errors import RequestError
+
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
@@ -36,7 +38,7 @@ class ImageLimits:
     allow_hosts: frozenset[str] = frozenset()
 
 
-class ImageError(ValueError):
+class ImageError(RequestError):
     """An image_url that cannot be used; the message names the URL and the reason."""
 
     def __init__(self, url: str, reason: str):

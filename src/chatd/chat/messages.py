@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from chatd.server.protocol import ImagePart, Message
+from chatd.chat.errors import RequestError
+from chatd.protocol.request import ImagePart, Message
 
 
-class UnsupportedContent(ValueError):
+class UnsupportedContent(RequestError):
     pass
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
 
+from chatd.chat.errors import RequestError
 from chatd.chat.images import ImageError, ImageLimits, fetch_images
 from chatd.chat.messages import template_messages
 from chatd.chat.template import ChatTemplate
 from chatd.chat.tools import ToolPlan, with_tool_prompt
 from chatd.engine.runners.base import Runner
-from chatd.server.protocol import Message
+from chatd.engine.types import PromptImages
+from chatd.protocol.request import Message
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Prompt:
     tokens: list[int]
-    images: Any = None  # the runner's processed images, when the conversation has some
+    images: PromptImages | None = None  # the runner's processed images, if any
 
 
 async def build_prompt(
@@ -30,8 +31,8 @@ async def build_prompt(
     tools: ToolPlan | None,
     limits: ImageLimits,
 ) -> Prompt:
-    """Raises UnsupportedContent, TemplateRenderError or ImageError (all ValueError) for a
-    conversation this model cannot take."""
+    """Raises a RequestError (UnsupportedContent, TemplateRenderError, ImageError, ...) for
+    a conversation this model cannot take."""
     turns, urls = template_messages(messages, vision=runner.vision)
     if tools and not tools.native:
         turns = with_tool_prompt(turns, tools)
@@ -39,7 +40,7 @@ async def build_prompt(
     if not urls:
         return Prompt(runner.tokenizer.encode(text))
     if len(urls) > limits.max_images:
-        raise ValueError(
+        raise RequestError(
             f"messages: at most {limits.max_images} images per request, got {len(urls)}"
         )
     try:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from chatd.engine.constraints import GrammarError, json_schema_grammar, regex_grammar
-from chatd.server.protocol import ResponseFormat
+from chatd.protocol.request import ResponseFormat
 
 ANY_OBJECT = {"type": "object"}
 

@@ -10,6 +10,8 @@ from jinja2 import TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from chatd.chat.errors import RequestError
+
 # Used when a model file carries no template of its own.
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
@@ -18,7 +20,7 @@ CHATML = (
 )
 
 
-class TemplateRenderError(ValueError):
+class TemplateRenderError(RequestError):
     """The template refused the conversation (e.g. roles that do not alternate)."""
 
 

@@ -14,10 +14,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from chatd.chat.errors import RequestError
 from chatd.engine.constraints import JSON_OPTIONS, lark_grammar
 from chatd.engine.runners.base import Tokenizer
 from chatd.engine.types import Grammar
-from chatd.server.protocol import ChatRequest, NamedToolChoice, Tool
+from chatd.protocol.request import ChatRequest, NamedToolChoice, Tool
 
 # TGI's default, which HF users know: put before the tool list.
 DEFAULT_TOOL_PROMPT = (
@@ -36,7 +37,7 @@ OPEN, CLOSE = "<tool_call>", "</tool_call>"
 CALL_STARTS = (OPEN, "{", "```json")
 
 
-class ToolChoiceError(ValueError):
+class ToolChoiceError(RequestError):
     pass
 
 

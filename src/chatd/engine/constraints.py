@@ -16,6 +16,7 @@ import llguidance
 import llguidance.numpy
 import numpy as np
 
+from chatd.engine.runners.base import Tokenizer
 from chatd.engine.types import Grammar
 
 # Compact but readable JSON, and no runs of whitespace for a small model to get lost in.
@@ -125,7 +126,7 @@ class Grammars:
     share one compilation, and a schema or tool list that comes again is not compiled again
     (2-7 ms a schema here; a tool list's lazy grammar more)."""
 
-    def __init__(self, tokenizer: llguidance.LLTokenizer, size: int = 64):
+    def __init__(self, tokenizer: Tokenizer, size: int = 64):
         self._tokenizer, self._size = tokenizer, size
         self._compiled: OrderedDict[str, Constraint] = OrderedDict()
         self._lock = threading.Lock()
@@ -145,7 +146,7 @@ class Grammars:
             if (found := self._compiled.get(text)) is not None:
                 self._compiled.move_to_end(text)
                 return found
-        compiled = Constraint(self._tokenizer, text)
+        compiled = Constraint(self._tokenizer.grammar_tokenizer, text)
         with self._lock:
             self._compiled[text] = compiled
             while len(self._compiled) > self._size:

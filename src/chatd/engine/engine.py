@@ -71,7 +71,7 @@ class Engine:
     def __init__(self, runner: Runner):
         self.runner = runner
         self.tokenizer = runner.tokenizer
-        self.grammars = Grammars(runner.tokenizer.grammar_tokenizer)
+        self.grammars = Grammars(runner.tokenizer)
         self.scheduler = Scheduler(runner, self._on_events)
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.observer: Observer | None = None

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from chatd.config import Settings
+from chatd.models.errors import ModelFailed, ModelLoading, ModelNotFound, NoRoom
 from chatd.models.loader import LoadedModel, load_model
 from chatd.models.sources import ModelSource, from_hf_cache
-from chatd.server.errors import ChatdError
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,12 @@ class ModelEntry:
         file), the file's size before."""
         return self.loaded.engine.runner.memory_bytes if self.loaded else self.source.size
 
-    def loading_error(self) -> ChatdError:
-        """503 while loading: the HF contract leaves waiting to the caller (x-wait-for-model)."""
-        return ChatdError(
-            503, f"Model {self.id} is currently loading", "loading",
-            headers={"x-should-retry": "false"}, estimated_time=self.estimated_time(),
-        )  # fmt: skip
+    def not_ready(self, retry_after: float) -> ModelLoading | ModelFailed:
+        """Why it cannot answer now: the same for a request and for /health."""
+        if self.state is ModelState.FAILED:
+            wait = max(0.0, retry_after - (time.monotonic() - self.failed_at))
+            return ModelFailed(f"Model {self.id} failed to load: {self.error}", round(wait, 1))
+        return ModelLoading(f"Model {self.id} is currently loading", self.estimated_time())
 
     def estimated_time(self) -> float:
         """Seconds left, from the elapsed time and the fraction loaded so far."""
@@ -96,7 +96,7 @@ class Registry:
                 return entry
         source = from_hf_cache(name) if name.count("/") == 1 else None
         if source is None:
-            raise ChatdError(404, f"Model {name} is not served here", "not_found")
+            raise ModelNotFound(f"Model {name} is not served here")
         self.entries[name] = entry = ModelEntry(source)
         return entry
 
@@ -110,15 +110,12 @@ class Registry:
                 return entry.loaded
             if entry.state is ModelState.FAILED:
                 if time.monotonic() - entry.failed_at < self.settings.load_retry:
-                    raise ChatdError(
-                        500, f"Model {entry.id} failed to load: {entry.error}", "loading",
-                        headers={"x-should-retry": "false"},
-                    )  # fmt: skip
+                    raise entry.not_ready(self.settings.load_retry)
                 self.start_loading(entry)  # the back-off has passed: try again
             elif entry.state is ModelState.AVAILABLE:
                 self.start_loading(entry)
             if not wait or time.monotonic() > deadline:
-                raise entry.loading_error()
+                raise entry.not_ready(self.settings.load_retry)
             await asyncio.sleep(0.1)
 
     def release(self, entry: ModelEntry) -> None:
@@ -155,17 +152,17 @@ class Registry:
     def _make_room(self, incoming: ModelEntry) -> None:
         s = self.settings
         if s.memory_budget and incoming.footprint > s.memory_budget:
-            raise ChatdError(
-                503, f"Model {incoming.id} ({incoming.footprint} bytes) does not fit in the "
-                f"memory budget of {s.memory_budget} bytes", "overloaded",
-            )  # fmt: skip
+            raise NoRoom(
+                f"Model {incoming.id} ({incoming.footprint} bytes) does not fit in the "
+                f"memory budget of {s.memory_budget} bytes",
+                retry_after=None,
+            )
         while self._too_full(incoming):
             idle = [e for e in self.entries.values() if e.idle and e is not incoming]
             if not idle:
-                raise ChatdError(
-                    503, f"No idle model can be unloaded to make room for {incoming.id}",
-                    "overloaded", headers={"retry-after": "5"},
-                )  # fmt: skip
+                raise NoRoom(
+                    f"No idle model can be unloaded to make room for {incoming.id}", retry_after=5
+                )
             self.unload(min(idle, key=lambda e: e.last_used))
 
     def _too_full(self, incoming: ModelEntry) -> bool:

@@ -1,5 +1,5 @@
-"""The FastAPI app factory: settings and registry in, an ASGI app out, with its response
-cache, API-key check and metrics."""
+"""The FastAPI app factory: settings, registry and backend in, an ASGI app out, with its
+response cache, API-key check and metrics."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from chatd.config import Settings
 from chatd.models.registry import ModelEntry, ModelState, Registry
 from chatd.server import errors
 from chatd.server.auth import ApiKeyMiddleware, load_keys
+from chatd.server.backend import Backend, LocalBackend
 from chatd.server.metrics import Metrics, MetricsMiddleware
 from chatd.server.playground import router as playground_router
 from chatd.server.routes import router
 
 
-def create_app(settings: Settings, registry: Registry) -> FastAPI:
+def create_app(settings: Settings, registry: Registry, backend: Backend | None = None) -> FastAPI:
+    """The backend runs the chat completions: this process's engines unless given another."""
     metrics = Metrics()
     registry.listeners.append(_model_metrics(metrics))
 
@@ -39,6 +41,7 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     app = FastAPI(title="chatd", version=__version__, lifespan=lifespan, redirect_slashes=False)
     app.state.settings = settings
     app.state.registry = registry
+    app.state.backend = backend or LocalBackend(registry, settings)
     app.state.metrics = metrics
     app.state.cache = _cache(settings)
     app.state.started = time.time()

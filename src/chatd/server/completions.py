@@ -1,126 +1,39 @@
-"""One chat completion: a ChatRequest becomes GenerationRequests (one per choice), whose
-TokenEvents become the JSON body (the SSE form is in streaming.py)."""
+"""One chat completion's running generations (a Job), and the non-stream JSON body their
+TokenEvents become (the SSE form is in streaming.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Any
 
-from chatd.chat.prompt import build_prompt
-from chatd.chat.structured import response_format_grammar
-from chatd.chat.tools import ToolPlan, calls_grammar, parse_tool_calls, plan_tools
-from chatd.config import Settings
-from chatd.engine.constraints import GrammarError
+from chatd.chat.tools import ToolPlan, parse_tool_calls
 from chatd.engine.engine import Generation
-from chatd.engine.types import (
-    GenerationRequest,
-    Grammar,
-    SamplingParams,
-    TokenEvent,
-    TokenLogprob,
-)
-from chatd.models.loader import LoadedModel
-from chatd.server.errors import ChatdError, bad_request
-from chatd.server.protocol import ChatRequest
-from chatd.server.responses import Envelope, Usage, logprobs_body
+from chatd.engine.types import TokenEvent, TokenLogprob
+from chatd.protocol.request import ChatRequest
+from chatd.protocol.response import Envelope, Usage
+from chatd.server.errors import ChatdError
 
 
 @dataclass
 class Job:
-    """One chat completion's generations (a request per choice) and how to read them."""
+    """The generations of one chat completion (one per choice), started, and what framing
+    their output needs: the request as asked, the model's names, the tool plan."""
 
-    requests: list[GenerationRequest]
+    body: ChatRequest
+    model: str
+    runner: str
     tools: ToolPlan | None
-    running: list[Generation] = field(default_factory=list)
+    running: list[Generation]
 
-    def start(self, model: LoadedModel) -> None:
-        """Submit every choice at once, with no await in between (see the queue check)."""
-        self.running = [model.engine.submit(r) for r in self.requests]
+    def envelope(self) -> Envelope:
+        return Envelope(self.model, self.runner)
 
     def close(self) -> None:
+        """Abort what still runs (idempotent): each frees its slot at the next step."""
         for generation in self.running:
             generation.close()
-
-
-async def prepare(body: ChatRequest, model: LoadedModel, settings: Settings) -> Job:
-    """Validate what needs the model (context, vocabulary), fetch the images, and build one
-    request per choice."""
-    runner = model.engine.runner
-    try:
-        tools = plan_tools(body, model.template.source)
-        built = await build_prompt(
-            body.messages, model.template, runner, tools, settings.image_limits
-        )
-        bias = body.bias_map(runner.tokenizer.n_vocab)
-    except ValueError as exc:
-        raise bad_request(str(exc)) from exc
-    prompt = built.tokens
-    grammar = _grammar(body, tools, model)
-    room = runner.n_ctx - len(prompt)
-    if room < 1:
-        raise bad_request(
-            f"the prompt is {len(prompt)} tokens long, but this model's context holds "
-            f"{runner.n_ctx} tokens for prompt and answer together: at most {runner.n_ctx - 1} "
-            "prompt tokens fit"
-        )
-    n = body.n or 1
-    if n > settings.max_n:
-        raise bad_request(f"n: at most {settings.max_n} choices per request, got {n}")
-    sampling = SamplingParams(
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=body.top_p or 1.0,
-        top_k=body.top_k or 0,
-        min_p=body.min_p or 0.0,
-        frequency_penalty=body.frequency_penalty or 0.0,
-        presence_penalty=body.presence_penalty or 0.0,
-        repetition_penalty=body.repetition_penalty or 1.0,
-        logit_bias=bias,
-        seed=body.seed,
-        logprobs=bool(body.logprobs),
-        top_logprobs=body.top_logprobs or 0,
-    )
-    # The answer may use what the context leaves; a larger max_tokens ends with "length" there.
-    max_tokens = min(body.output_limit or room, room)
-    rid = uuid.uuid4().hex
-    requests = [
-        GenerationRequest(
-            id=f"{rid}-{i}",
-            prompt=prompt,
-            # Seeded choices differ from each other yet repeat from one request to the next.
-            sampling=sampling if body.seed is None else replace(sampling, seed=body.seed + i),
-            max_tokens=max_tokens,
-            stop=tuple(body.stop),
-            grammar=grammar,
-            images=built.images,
-        )
-        for i in range(n)
-    ]
-    return Job(requests, tools)
-
-
-def _grammar(body: ChatRequest, tools: ToolPlan | None, model: LoadedModel) -> Grammar | None:
-    fmt = body.response_format
-    if tools:
-        if fmt and fmt.type != "text":
-            raise bad_request(
-                "response_format: cannot be combined with tools; use one or the other"
-            )
-        try:
-            grammar = calls_grammar(tools, model.engine.tokenizer)
-            model.engine.check(grammar)
-            return grammar
-        except GrammarError as exc:
-            raise bad_request(f"tools: a tool's parameters schema is not usable: {exc}") from exc
-    try:
-        text = response_format_grammar(fmt)
-        grammar = Grammar(text) if text else None
-        if grammar:
-            model.engine.check(grammar)
-        return grammar
-    except GrammarError as exc:
-        raise bad_request(f"response_format: {exc}") from exc
 
 
 @dataclass
@@ -137,17 +50,17 @@ class Collected:
         self.last = event
 
 
-async def complete(model: LoadedModel, job: Job, body: ChatRequest, time_limit: float = 0):
+async def complete(job: Job, time_limit: float = 0) -> dict[str, Any]:
     """Run every choice to its end and build the non-stream body."""
     try:
         async with asyncio.timeout(time_limit or None):
             choices = await asyncio.gather(*(_collect(g) for g in job.running))
     except TimeoutError:
         raise ChatdError(504, timed_out(time_limit), "timeout") from None
-    return completion_body(model, job, body, choices)
+    return completion_body(job, job.envelope(), choices)
 
 
-def completion_body(model: LoadedModel, job: Job, body: ChatRequest, choices: list[Collected]):
+def completion_body(job: Job, envelope: Envelope, choices: list[Collected]) -> dict[str, Any]:
     """The non-stream body: also what a finished stream leaves in the response cache."""
     out = []
     for i, c in enumerate(choices):
@@ -161,12 +74,12 @@ def completion_body(model: LoadedModel, job: Job, body: ChatRequest, choices: li
             {
                 "index": i,
                 "message": message,
-                "logprobs": logprobs_body(c.logprobs) if body.logprobs else None,
+                "logprobs": logprobs_body(c.logprobs) if job.body.logprobs else None,
                 "finish_reason": finish,
             }
         )
     usage = usage_of([c.last for c in choices])
-    return Envelope(model.id, model.engine.runner.name).completion(out, usage)
+    return envelope.completion(out, usage)
 
 
 def tool_finish(finish: str | None) -> str | None:
@@ -198,3 +111,19 @@ def usage_of(finals: list[TokenEvent | None]) -> Usage:
         completion_tokens=sum(f.completion_tokens for f in finals),
         cached_tokens=min(f.cached_tokens for f in finals),
     )
+
+
+def logprobs_body(items: list[TokenLogprob]) -> dict[str, Any]:
+    return {
+        "content": [
+            {
+                "token": t.token,
+                "logprob": t.logprob,
+                "bytes": t.bytes,
+                "top_logprobs": [
+                    {"token": c.token, "logprob": c.logprob, "bytes": c.bytes} for c in t.top
+                ],
+            }
+            for t in items
+        ]
+    }

@@ -1,9 +1,12 @@
 """Every error leaves as the HF body {"error", "error_type"} with the right status: never a
-stack trace, never FastAPI's {"detail"}."""
+stack trace, never FastAPI's {"detail"}. The layers below raise their own exceptions, which
+know nothing of HTTP; `STATUS` below is the one table that turns each into an answer."""
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,6 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+
+from chatd.chat.errors import RequestError
+from chatd.models.errors import ModelFailed, ModelLoading, ModelNotFound, NoRoom
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,13 @@ class ChatdError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": self.message, "error_type": self.error_type, **self.extra}
+
+    def __reduce__(self):  # keyword extras too: it crosses process boundaries (a cluster)
+        return _rebuild, (self.status, self.message, self.error_type, self.headers, self.extra)
+
+
+def _rebuild(status, message, error_type, headers, extra) -> ChatdError:
+    return ChatdError(status, message, error_type, headers, **extra)
 
 
 def bad_request(message: str) -> ChatdError:
@@ -58,10 +71,40 @@ def describe_validation(exc: RequestValidationError | ValidationError) -> str:
 _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "text", "image_url", "function"}
 
 
+def _retry_after(seconds: float | None) -> dict[str, str]:
+    return {} if seconds is None else {"retry-after": str(max(1, math.ceil(seconds)))}
+
+
+# What a client sees for each error of the layers below.
+STATUS: dict[type[Exception], Callable[[Any], ChatdError]] = {
+    RequestError: lambda e: bad_request(str(e)),
+    ModelNotFound: lambda e: ChatdError(404, str(e), "not_found"),
+    # The HF contract leaves waiting to the caller (x-wait-for-model): don't retry blindly.
+    ModelLoading: lambda e: ChatdError(
+        503, str(e), "loading", {"x-should-retry": "false"}, estimated_time=e.estimated_time
+    ),
+    ModelFailed: lambda e: ChatdError(503, str(e), "load_failed", _retry_after(e.retry_after)),
+    NoRoom: lambda e: ChatdError(503, str(e), "overloaded", _retry_after(e.retry_after)),
+}
+
+
+def as_chatd(exc: Exception) -> ChatdError:
+    """The answer for any error of the table (ChatdError itself as it is)."""
+    if isinstance(exc, ChatdError):
+        return exc
+    for kind, answer in STATUS.items():
+        if isinstance(exc, kind):
+            return answer(exc)
+    raise TypeError(f"no status for {type(exc).__name__}") from exc
+
+
+async def _known(_: Request, exc: Exception):
+    return error_response(as_chatd(exc))
+
+
 def install(app: FastAPI) -> None:
-    @app.exception_handler(ChatdError)
-    async def _chatd(_: Request, exc: ChatdError):
-        return error_response(exc)
+    for kind in (ChatdError, *STATUS):
+        app.add_exception_handler(kind, _known)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from dataclasses import asdict
-from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -14,12 +12,13 @@ from pydantic import ValidationError
 
 from chatd import __version__
 from chatd.cache.keys import parse_flag
-from chatd.models.loader import LoadedModel
-from chatd.models.registry import ModelEntry, ModelState, Registry
-from chatd.server import completions, streaming
+from chatd.models.registry import ModelState, Registry
+from chatd.protocol.request import MAX_STOP, MAX_TOP_LOGPROBS, ChatRequest
+from chatd.server import streaming
+from chatd.server.backend import Backend
 from chatd.server.caching import CacheLookup
-from chatd.server.errors import ChatdError, bad_request, describe_validation
-from chatd.server.protocol import MAX_STOP, MAX_TOP_LOGPROBS, ChatRequest
+from chatd.server.errors import bad_request, describe_validation
+from chatd.server.lifetime import SSE_HEADERS, AnswerResponse
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -36,39 +35,17 @@ def _registry(request: Request) -> Registry:
 
 
 async def chat_completions(request: Request):
-    registry, settings = _registry(request), request.app.state.settings
+    """parse -> find the model -> cache lookup -> start (lease, plan, submit) -> answer."""
     data, body = _parse(await request.body())
+    backend: Backend = request.app.state.backend
     org, name = request.path_params.get("org"), request.path_params.get("name")
-    entry = registry.find(f"{org}/{name}" if org else body.model)  # the path wins over the body
-    cache = CacheLookup.for_request(request, entry.id, data)
+    model_id = backend.resolve(f"{org}/{name}" if org else body.model)  # the path wins
+    cache = CacheLookup.for_request(request, model_id, data)
     if cached := cache.lookup():
         return _cached_response(cached, body, cache)
     wait = parse_flag(request.headers.get("x-wait-for-model"), default=False)
-    model = await registry.acquire(entry, wait)
-    job, handed_off = None, False
-    try:
-        job = await completions.prepare(body, model, settings)
-        _refuse_when_queue_full(model, len(job.requests), settings.max_queue)
-        job.start(model)  # right after the check, nothing awaited in between
-        if body.stream:
-            events = streaming.stream(
-                model, job, body, settings.request_timeout, on_complete=cache.store
-            )
-            handed_off = True
-            return StreamingResponse(
-                _released(events, job, registry, entry),
-                media_type="text/event-stream",
-                headers={"cache-control": "no-cache", "x-accel-buffering": "no", **cache.headers},
-            )
-        work = completions.complete(model, job, body, settings.request_timeout)
-        result = await _unless_disconnected(request, work)
-        cache.store(result)
-        return JSONResponse(result, headers=cache.headers)
-    finally:
-        if not handed_off:  # a stream frees these when it ends
-            if job:
-                job.close()
-            registry.release(entry)
+    answer = await backend.open(model_id, body, wait)
+    return AnswerResponse(answer, bool(body.stream), cache)
 
 
 def _parse(raw: bytes) -> tuple[dict, ChatRequest]:
@@ -91,31 +68,9 @@ def _cached_response(completion: dict, body: ChatRequest, cache: CacheLookup):
         return StreamingResponse(
             streaming.replay(completion, body),
             media_type="text/event-stream",
-            headers=cache.headers,
+            headers={**SSE_HEADERS, **cache.headers},
         )
     return JSONResponse(completion, headers=cache.headers)
-
-
-def _refuse_when_queue_full(model: LoadedModel, incoming: int, max_queue: int) -> None:
-    waiting = model.engine.load().waiting
-    if waiting + incoming > max_queue:
-        raise ChatdError(
-            429, f"Model {model.id} has {waiting} requests waiting (limit {max_queue}); "
-            "try again shortly", "overloaded", headers={"retry-after": "1"},
-        )  # fmt: skip
-
-
-async def _released(
-    events: AsyncIterator[str], job: completions.Job, registry: Registry, entry: ModelEntry
-):
-    """A stream that frees its sequences and gives its model back however it ends."""
-    try:
-        async for event in events:
-            yield event
-    finally:
-        await events.aclose()
-        job.close()
-        registry.release(entry)
 
 
 _BODY_SCHEMA = {
@@ -133,35 +88,13 @@ for _path in CHAT_PATHS:
         )
 
 
-async def _unless_disconnected(request: Request, work):
-    """Run work, cancelling it (and so freeing its sequences) if the client goes away."""
-    task = asyncio.ensure_future(work)
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():  # the client left: stop the work and wait until it has let go
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise ChatdError(499, "client closed the request", "cancelled")
-    return task.result()
-
-
 @router.get("/health")
 async def health(request: Request):
     registry = _registry(request)
-    if registry.default.state is ModelState.READY:
-        return {"status": "ok", "model": registry.default.id}
     entry = registry.default
-    if entry.state is ModelState.FAILED:
-        raise ChatdError(503, f"Model {entry.id} failed to load: {entry.error}", "loading")
-    raise entry.loading_error()
+    if entry.state is ModelState.READY:
+        return {"status": "ok", "model": entry.id}
+    raise entry.not_ready(registry.settings.load_retry)  # what a request would get
 
 
 @router.get("/v1/models")

@@ -5,44 +5,53 @@ replayed in the same framing."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from typing import Any
 
 from chatd.chat.tools import ToolCallStream
 from chatd.engine.engine import Generation
 from chatd.engine.types import TokenEvent
-from chatd.models.loader import LoadedModel
+from chatd.protocol.request import ChatRequest
+from chatd.protocol.response import Envelope
 from chatd.server.completions import (
     Collected,
     Job,
     completion_body,
+    logprobs_body,
     timed_out,
     tool_finish,
     usage_of,
 )
-from chatd.server.protocol import ChatRequest
-from chatd.server.responses import DONE, Envelope, logprobs_body, sse
+
+
+def sse(payload: dict[str, Any] | str) -> str:
+    """One event per line pair; the end marker is exactly `data: [DONE]`."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n"
+
+
+DONE = sse("[DONE]")
 
 
 async def stream(
-    model: LoadedModel,
     job: Job,
-    body: ChatRequest,
     time_limit: float = 0,
     on_complete: Callable[[dict[str, Any]], None] | None = None,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str]:
     """The SSE events; on_complete gets the whole completion once every choice is done."""
     try:
         async with asyncio.timeout(time_limit or None):
-            async for event in _stream(model, job, body, on_complete):
+            async for event in _stream(job, on_complete):
                 yield event
     except TimeoutError:
         yield sse({"error": timed_out(time_limit), "error_type": "timeout"})
 
 
-async def _stream(model, job: Job, body: ChatRequest, on_complete) -> AsyncIterator[str]:
-    frame = _Framer(Envelope(model.id, model.engine.runner.name), body)
+async def _stream(job: Job, on_complete) -> AsyncIterator[str]:
+    body = job.body
+    frame = _Framer(job.envelope(), body)
     n = len(job.running)
     held = [ToolCallStream(job.tools.forced) for _ in range(n)] if job.tools else []
     collected = [Collected() for _ in range(n)]
@@ -71,7 +80,7 @@ async def _stream(model, job: Job, body: ChatRequest, on_complete) -> AsyncItera
         yield sse(frame.envelope.usage_chunk(usage_of([c.last for c in collected]).body()))
     yield DONE
     if on_complete:
-        on_complete(completion_body(model, job, body, collected))
+        on_complete(completion_body(job, frame.envelope, collected))
 
 
 class _Framer:

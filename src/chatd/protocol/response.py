@@ -1,40 +1,14 @@
-"""The response side, in OpenAI's shape (both clients parse it): bodies, chunks, SSE framing."""
+"""The response side, in OpenAI's shape (both clients parse it): what every body and chunk of
+one answer shares, and the usage block."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from chatd import __version__
-from chatd.engine.types import TokenLogprob
-
-
-def sse(payload: dict[str, Any] | str) -> str:
-    """One event per line pair; the end marker is exactly `data: [DONE]`."""
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n"
-
-
-DONE = sse("[DONE]")
-
-
-def logprobs_body(items: list[TokenLogprob]) -> dict[str, Any]:
-    return {
-        "content": [
-            {
-                "token": t.token,
-                "logprob": t.logprob,
-                "bytes": t.bytes,
-                "top_logprobs": [
-                    {"token": c.token, "logprob": c.logprob, "bytes": c.bytes} for c in t.top
-                ],
-            }
-            for t in items
-        ]
-    }
 
 
 @dataclass
