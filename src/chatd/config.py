@@ -90,7 +90,9 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(title="Server")
 
     config: UserPath | None = Field(
-        None, description="TOML file of settings; keys: the options' names with _ (max_n = 4)"
+        None,
+        description="TOML file of settings; keys: the options' names with _, lists plural "
+        '(max_n = 4, models = ["a.gguf"])',
     )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
@@ -272,7 +274,7 @@ def load_settings(given: dict[str, Any]) -> Settings:
 def _describe(error: dict, given: dict[str, Any], config: str | None) -> str:
     name = str(error["loc"][0]) if error["loc"] else ""
     if error["type"] == "extra_forbidden":
-        return f"{config}: unknown setting {name!r}"
+        return f"{config}: unknown setting {name!r}{_did_you_mean(name)}"
     if name in given:
         where = f"--{flag_of(name).name}"
     elif os.environ.get(env_name(name)):
@@ -282,6 +284,14 @@ def _describe(error: dict, given: dict[str, Any], config: str | None) -> str:
     if error["type"] == "value_error":  # our own message (parse_size) says what it got
         return f"{where}: {error['ctx']['error']}"
     return f"{where}: {error['msg']} (got {error['input']!r})"
+
+
+def _did_you_mean(key: str) -> str:
+    """A file key spelt like a flag (`model`, `api_key`) names the setting it meant."""
+    for name in Settings.model_fields:
+        if flag_of(name).name.replace("-", "_") == key != name:
+            return f" (did you mean {name!r}?)"
+    return ""
 
 
 class _Environment(PydanticBaseSettingsSource):
