@@ -1,63 +1,230 @@
-"""One Settings object: every user-facing setting has one name here, one CLI flag and one
-environment variable (CHATD_<NAME>), wired in cli.py."""
+"""The settings of `chatd serve`, declared once. Each field is a CLI flag (cli.py builds the
+options from these fields: name, help, default, section), an environment variable CHATD_<FLAG>
+and a key of the TOML file named by `--config`. Precedence: flag > environment > file > default.
+Values are checked here whatever their source. This module imports nothing from chatd.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Annotated, Any, Literal, get_origin
 
-from chatd.chat.images import ImageLimits
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_serializer,
+)
+from pydantic import ValidationError as _ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-RUNNERS = ("auto", "llamacpp", "transformers")
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+ENV_PREFIX = "CHATD_"
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "chatd"
 
 
-@dataclass
-class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    # Models: GGUF paths or ID=PATH (repeatable); none serves the packaged default. The first
-    # is the default model, loaded at start; the others load on first use.
-    models: list[str] = field(default_factory=list)
-    models_dir: Path | None = None  # GGUF files and Hugging Face folders found there
-    aliases: list[str] = field(default_factory=list)  # more names for the default model
-    parallel: int = 8  # sequences decoded together (KV cache slots), per model
-    ctx: int = 4096  # tokens per sequence, prompt and answer together
-    threads: int | None = None  # CPU threads for each model; None = all cores
-    batch_tokens: int = 512  # tokens one forward may take (decode tokens plus prompt chunks)
-    # Which runner loads a model: auto = llama.cpp for GGUF files (transformers, dequantising,
-    # if llama.cpp cannot read one), transformers for Hugging Face folders.
-    runner: str = "auto"  # auto | llamacpp | transformers
-    device: str = "auto"  # the transformers runner's: auto (CUDA when present) | cpu | cuda
-    dtype: str = "auto"  # its weights' type: auto (bfloat16 on CUDA, float32 on the CPU) | ...
-    max_n: int = 16  # largest `n` (choices per request)
-    # Residency: 0 means no limit.
-    max_loaded_models: int = 0
-    memory_budget: int = 0  # bytes of model files loaded at once
-    keep_alive: float = 0  # seconds idle before a model is unloaded
-    wait_timeout: float = 300  # longest x-wait-for-model wait, seconds
-    load_retry: float = 30  # seconds before a failed load is tried again
-    # Backpressure: requests beyond max_queue waiting for a model's slots get 429.
-    max_queue: int = 256
-    request_timeout: float = 0  # seconds one request may generate; 0 = no limit
-    # Response cache (x-use-cache): sqlite under cache_dir by default, or memory, or redis://.
-    cache_url: str | None = None
-    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "chatd")
-    cache_max_bytes: int = 256 * 2**20
-    # Auth: with keys set, the API needs `authorization: Bearer <key>`.
-    api_keys: list[str] = field(default_factory=list)
-    api_key_file: Path | None = None
-    log_level: str = "info"
-    # Image URLs in messages: fetched under these limits; private addresses refused unless
-    # allowed (all of them, or the hosts listed).
-    image_max_bytes: int = 20 * 2**20
-    image_max_pixels: int = 4096 * 4096
-    image_timeout: float = 10.0
-    image_max_redirects: int = 3
-    max_images: int = 16  # per request
-    allow_private_images: bool = False
-    image_allow_hosts: list[str] = field(default_factory=list)
+@dataclass(frozen=True)
+class Flag:
+    """What a field alone does not say about its flag: its name when it differs from the
+    field's (a repeatable flag names one item), the placeholder its help shows, and how its
+    default reads there."""
+
+    name: str | None = None
+    metavar: str | None = None
+    show: Callable[[Any], str] = str
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """How image URLs in messages are fetched (chat/images.py), from the Images settings."""
+
+    max_bytes: int = 20 * 2**20  # encoded size
+    max_pixels: int = 4096 * 4096  # width*height, checked from the header before decoding
+    timeout: float = 10.0  # seconds for one image, all redirects included
+    max_redirects: int = 3
+    max_images: int = 16  # per request: each one costs a fetch and vision-tower work
+    allow_private: bool = False  # operator flag: fetch from private/loopback/link-local addresses
+    # Hosts (names or IP literals, any case) fetched even when they are private.
+    allow_hosts: frozenset[str] = frozenset()
+
+
+_SIZE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+               "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}  # fmt: skip
+
+
+def parse_size(value: Any) -> Any:
+    """'2GB', '512MiB', '1000' -> bytes (decimal and binary units); numbers pass through."""
+    if not isinstance(value, str):
+        return value
+    number = value.strip().upper().removesuffix("B")
+    digits = number.rstrip("KMGTI")
+    try:
+        return int(float(digits) * _SIZE_UNITS[number[len(digits) :]])
+    except (ValueError, KeyError):
+        raise ValueError(f"not a size: {value!r} (try 2GB or 512MiB)") from None
+
+
+def format_size(n: int) -> str:
+    """The shortest exact spelling parse_size reads back: 20971520 -> '20MiB'."""
+    for unit in ("Ti", "Gi", "Mi", "Ki"):
+        scale = _SIZE_UNITS[unit.upper()]
+        if n and n % scale == 0:
+            return f"{n // scale}{unit}B"
+    return str(n)
+
+
+Size = Annotated[
+    int, BeforeValidator(parse_size), Field(ge=0), Flag(metavar="SIZE", show=format_size)
+]
+Seconds = Annotated[float, Field(ge=0), Flag(metavar="SECONDS")]
+UserPath = Annotated[Path, AfterValidator(Path.expanduser)]  # "~/x" in a file or quoted flag
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(title="Server")
+
+    config: UserPath | None = Field(
+        None,
+        description="TOML file of settings; keys: the options' names with _, lists plural "
+        '(max_n = 4, models = ["a.gguf"])',
+    )
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=1, le=65535, description="port to listen on")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="what the log shows"
+    )
+
+
+class ModelSettings(BaseModel):
+    model_config = ConfigDict(title="Models")
+
+    # The first model is the default, loaded at start; the others load on first use.
+    models: Annotated[list[str], Flag("model", "PATH|ID|ID=PATH")] = Field(
+        default_factory=list,
+        description="GGUF path, packaged id or ID=PATH (repeatable; the first is the default; "
+        "none: the packaged default)",
+    )
+    models_dir: UserPath | None = Field(
+        None, description="serve the GGUF files and HF folders in this folder"
+    )
+    aliases: Annotated[list[str], Flag("alias", "NAME")] = Field(
+        default_factory=list, description="another name for the default model (repeatable)"
+    )
+    # auto = llama.cpp for GGUF files (transformers, dequantising, if llama.cpp cannot read
+    # one), transformers for Hugging Face folders.
+    runner: Literal["auto", "llamacpp", "transformers"] = Field(
+        "auto", description="which runner loads a model"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="transformers runner: auto = CUDA when present"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="transformers runner: auto = bfloat16 on CUDA, float32 on the CPU"
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads per model (default: all)")
+
+
+class BatchSettings(BaseModel):
+    model_config = ConfigDict(title="Batching")
+
+    parallel: int = Field(8, ge=1, description="sequences decoded together (KV slots), per model")
+    ctx: int = Field(4096, ge=16, description="tokens per sequence (prompt + answer)")
+    batch_tokens: int = Field(512, ge=1, description="tokens one forward pass may take")
+    max_n: int = Field(16, ge=1, description="largest n (choices) per request")
+    max_queue: int = Field(256, ge=1, description="requests waiting per model before 429")
+    request_timeout: Seconds = Field(
+        0, description="seconds one request may generate (0: no limit)"
+    )
+
+
+class ResidencySettings(BaseModel):
+    model_config = ConfigDict(title="Loading and unloading")
+
+    max_loaded_models: int = Field(0, ge=0, description="models loaded at once (0: no limit)")
+    memory_budget: Size = Field(0, description="model bytes loaded at once, e.g. 2GB (0: no limit)")
+    keep_alive: Seconds = Field(0, description="unload a model idle this many seconds (0: never)")
+    wait_timeout: Seconds = Field(300, description="longest x-wait-for-model wait")
+    load_retry: Seconds = Field(30, description="seconds before a failed load is retried")
+
+
+class CacheSettings(BaseModel):
+    model_config = ConfigDict(title="Response cache")
+
+    cache_url: str | None = Field(
+        None, description="sqlite (default, under cache_dir), memory, redis://... or off"
+    )
+    cache_dir: UserPath = Field(
+        DEFAULT_CACHE_DIR, description="folder for the SQLite cache and assembled models"
+    )
+    cache_max_bytes: Size = Field(256 * 2**20, description="response cache size cap, e.g. 256MB")
+
+
+class AuthSettings(BaseModel):
+    model_config = ConfigDict(title="Auth")
+
+    # With keys set, the API needs `authorization: Bearer <key>`.
+    api_keys: Annotated[list[str], Flag("api-key", "KEY")] = Field(
+        default_factory=list, description="accepted API key (repeatable)"
+    )
+    api_key_file: UserPath | None = Field(None, description="file of API keys, one per line")
+
+
+class ImageSettings(BaseModel):
+    model_config = ConfigDict(title="Image URLs")
+
+    image_max_bytes: Size = Field(ImageLimits.max_bytes, description="largest image, e.g. 20MB")
+    image_max_pixels: int = Field(
+        ImageLimits.max_pixels, ge=1, description="largest image, width x height"
+    )
+    image_timeout: Seconds = Field(
+        ImageLimits.timeout, gt=0, description="seconds to fetch one image"
+    )
+    image_max_redirects: int = Field(
+        ImageLimits.max_redirects, ge=0, description="redirects followed per image"
+    )
+    max_images: int = Field(
+        ImageLimits.max_images, ge=1, description="images one request may carry"
+    )
+    allow_private_images: bool = Field(
+        ImageLimits.allow_private, description="fetch image URLs on private/loopback addresses"
+    )
+    image_allow_hosts: Annotated[list[str], Flag("image-allow-host", "HOST")] = Field(
+        default_factory=list,
+        description="a host whose images are fetched even if private (repeatable)",
+    )
+
+
+class Settings(
+    ImageSettings,
+    AuthSettings,
+    CacheSettings,
+    ResidencySettings,
+    BatchSettings,
+    ModelSettings,
+    ServerSettings,
+    BaseSettings,
+):
+    """Every setting of a chatd server, section by section. The sections are listed last
+    first: pydantic takes the fields of the last base first."""
+
+    model_config = SettingsConfigDict(title="Settings", extra="forbid")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init_settings: the flags given (or a test's keywords).
+        return init_settings, _Environment(settings_cls), _ConfigFile(settings_cls)
+
+    @field_serializer("api_keys")
+    def _hide_keys(self, keys: list[str]) -> list[str]:
+        return ["***"] * len(keys)  # a dump (serve --print-settings) never shows a key
 
     @property
     def image_limits(self) -> ImageLimits:
@@ -70,3 +237,101 @@ class Settings:
             allow_private=self.allow_private_images,
             allow_hosts=frozenset(self.image_allow_hosts),  # normalised where compared
         )
+
+
+# The sections in the order of their fields (and of `chatd serve --help`).
+SECTIONS: tuple[type[BaseModel], ...] = tuple(reversed(Settings.__bases__[:-1]))
+
+
+def flag_of(name: str) -> Flag:
+    """The flag of a setting, named (without its dashes) after the field unless declared:
+    `max_n` -> 'max-n', `models` -> 'model'."""
+    field = Settings.model_fields[name]
+    declared = next((m for m in field.metadata if isinstance(m, Flag)), Flag())
+    return replace(declared, name=declared.name or name.replace("_", "-"))
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting: CHATD_ and its flag's name (CHATD_MODEL)."""
+    return ENV_PREFIX + flag_of(name).name.replace("-", "_").upper()
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; one line per problem, naming where the value came from."""
+
+
+def load_settings(given: dict[str, Any]) -> Settings:
+    """Settings from the flags given, the environment, the config file and the defaults."""
+    try:
+        return Settings(**given)
+    except _ValidationError as exc:
+        config = given.get("config") or os.environ.get(env_name("config"))
+        raise SettingsError(
+            "\n".join(_describe(error, given, config) for error in exc.errors())
+        ) from None
+
+
+def _describe(error: dict, given: dict[str, Any], config: str | None) -> str:
+    name = str(error["loc"][0]) if error["loc"] else ""
+    if error["type"] == "extra_forbidden":
+        return f"{config}: unknown setting {name!r}{_did_you_mean(name)}"
+    if name in given:
+        where = f"--{flag_of(name).name}"
+    elif os.environ.get(env_name(name)):
+        where = env_name(name)
+    else:
+        where = f"{name} in {config}"
+    if error["type"] == "value_error":  # our own message (parse_size) says what it got
+        return f"{where}: {error['ctx']['error']}"
+    return f"{where}: {error['msg']} (got {error['input']!r})"
+
+
+def _did_you_mean(key: str) -> str:
+    """A file key spelt like a flag (`model`, `api_key`) names the setting it meant."""
+    for name in Settings.model_fields:
+        if flag_of(name).name.replace("-", "_") == key != name:
+            return f" (did you mean {name!r}?)"
+    return ""
+
+
+class _Environment(PydanticBaseSettingsSource):
+    """CHATD_<FLAG> variables (CHATD_MODEL for --model); a list's items are split on spaces.
+    An empty variable counts as unset."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        text = os.environ.get(env_name(field_name)) or None
+        if text and get_origin(field.annotation) is list:
+            return text.split(), field_name, True
+        return text, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, _, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[name] = value
+        return values
+
+
+class _ConfigFile(PydanticBaseSettingsSource):
+    """The TOML file named by `config` (a flag or the environment: the sources read before
+    this one); its keys are the settings' names."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # the file is read whole, in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        path = self.current_state.get("config")
+        if not path:
+            return {}
+        path = Path(path).expanduser()
+        try:
+            with path.open("rb") as f:
+                values = tomllib.load(f)
+        except OSError as exc:
+            raise SettingsError(f"config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path}: {exc}") from None
+        if "config" in values:
+            raise SettingsError(f"{path}: a config file cannot name another (key 'config')")
+        return values

@@ -32,7 +32,7 @@ FORBIDDEN = {
         *UPPER,
         *HTTP,
     ),  # fmt: skip
-    "chat": ("chatd.models", "chatd.cache", "chatd.config", *UPPER, *HTTP),
+    "chat": ("chatd.models", "chatd.cache", *UPPER, *HTTP),
     "models": ("chatd.cache", *UPPER, *HTTP),
     "cache": ("chatd.engine", "chatd.chat", "chatd.models", *UPPER, *HTTP),
     "config.py": ("chatd",),

@@ -15,27 +15,15 @@ import base64
 import io
 import ipaddress
 import socket
-from dataclasses import dataclass
 
 import httpx
 from PIL import Image
 
 from chatd.chat.errors import RequestError
+from chatd.config import ImageLimits  # declared with the settings it comes from
 
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    max_bytes: int = 20 * 2**20  # encoded size
-    max_pixels: int = 4096 * 4096  # width*height, checked from the header before decoding
-    timeout: float = 10.0  # seconds for one image, all redirects included
-    max_redirects: int = 3
-    max_images: int = 16  # per request: each one costs a fetch and vision-tower work
-    allow_private: bool = False  # operator flag: fetch from private/loopback/link-local addresses
-    # Hosts (names or IP literals, any case) fetched even when they are private.
-    allow_hosts: frozenset[str] = frozenset()
 
 
 class ImageError(RequestError):

