@@ -10,6 +10,7 @@ const escapeHtml = (text) => text.replace(/[&<>"']/g, (c) => ESCAPES[c]);
 
 const marked = new Marked({
   gfm: true,
+  breaks: true, // a chat answer's line breaks are meant (poems, addresses)
   renderer: {
     html({ text, block }) {
       return block ? `<p>${escapeHtml(text)}</p>` : escapeHtml(text);
