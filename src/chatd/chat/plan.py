@@ -8,11 +8,11 @@ import uuid
 from dataclasses import dataclass, replace
 
 from chatd.chat.errors import RequestError
-from chatd.chat.images import ImageLimits
 from chatd.chat.prompt import build_prompt
 from chatd.chat.structured import response_format_grammar
 from chatd.chat.template import ChatTemplate
 from chatd.chat.tools import ToolPlan, calls_grammar, plan_tools
+from chatd.config import ImageLimits
 from chatd.engine.constraints import GrammarError
 from chatd.engine.engine import Engine
 from chatd.engine.types import GenerationRequest, Grammar, SamplingParams

@@ -7,10 +7,11 @@ import logging
 from dataclasses import dataclass
 
 from chatd.chat.errors import RequestError
-from chatd.chat.images import ImageError, ImageLimits, fetch_images
+from chatd.chat.images import ImageError, fetch_images
 from chatd.chat.messages import template_messages
 from chatd.chat.template import ChatTemplate
 from chatd.chat.tools import ToolPlan, with_tool_prompt
+from chatd.config import ImageLimits
 from chatd.engine.runners.base import Runner
 from chatd.engine.types import PromptImages
 from chatd.protocol.request import Message
