@@ -22,21 +22,7 @@ from chatd.models.registry import ModelState, Registry
 from chatd.models.sources import ModelSource
 from chatd.server.app import create_app
 from tests.conftest import serve_in_thread
-
-EOS = 256
-
-
-class ByteTokenizer:
-    n_vocab = 257
-    token_bytes = [bytes([i]) for i in range(256)] + [b""]
-    token_text = [chr(i) for i in range(256)] + ["</s>"]
-    hidden = {EOS}
-    eog = {EOS}
-    chat_template = None
-    bos_token, eos_token = "", "</s>"
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode())
+from tests.unit.fake_runner import ByteTokenizer
 
 
 class BreaksOnFourthForward:

@@ -1,4 +1,8 @@
-"""The asyncio face of a loaded model: submit a GenerationRequest, iterate its TokenEvents."""
+"""The asyncio face of a loaded model: submit a GenerationRequest, iterate its TokenEvents.
+
+The scheduler runs on a thread of its own (SchedulerThread); `Engine(runner, start=False)`
+leaves it to the caller, who runs each step with `Engine.step` (tests, a future backend).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Protocol
 
 from chatd.engine.constraints import Grammars
 from chatd.engine.runners.base import Runner
-from chatd.engine.scheduler import Events, Scheduler
+from chatd.engine.scheduler import Events, Scheduler, SchedulerThread
 from chatd.engine.sequence import Sequence
 from chatd.engine.types import GenerationRequest, Grammar, Load, TokenEvent
 
@@ -68,14 +72,16 @@ class Generation:
 
 
 class Engine:
-    def __init__(self, runner: Runner):
+    def __init__(self, runner: Runner, start: bool = True):
         self.runner = runner
         self.tokenizer = runner.tokenizer
         self.grammars = Grammars(runner.tokenizer)
-        self.scheduler = Scheduler(runner, self._on_events)
+        self.scheduler = Scheduler(runner)
+        self._thread = SchedulerThread(self.scheduler, self._on_events)
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.observer: Observer | None = None
-        self.scheduler.start()
+        if start:
+            self._thread.start()
 
     def check(self, grammar: Grammar) -> None:
         """Raises GrammarError for a grammar this model's tokenizer cannot follow."""
@@ -94,15 +100,20 @@ class Engine:
     def load(self) -> Load:
         return self.scheduler.load()
 
+    def step(self) -> None:
+        """One scheduler step on this thread, its events delivered: for an engine made with
+        start=False (never beside the thread)."""
+        self._on_events(self.scheduler.step())
+
     def forget(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
 
     def close(self) -> None:
-        self.scheduler.stop()
+        self._thread.stop()
         self.runner.close()
 
     def _on_events(self, events: Events) -> None:
-        """Scheduler thread: one wake-up per event loop per step, not one per token."""
+        """On the stepping thread: one wake-up per event loop per step, not one per token."""
         if self.observer is not None and events:
             self.observer.step(len(events))
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, TokenEvent]]] = {}

@@ -1,8 +1,10 @@
-"""Continuous batching: one thread per model, one forward per step for every running sequence.
+"""Continuous batching: one forward per step for every running sequence.
 
 Each step admits waiting sequences into free KV slots (reusing a cached prefix where a finished
 sequence left one), gives every decoding sequence one token and the prefilling ones chunks of
-their prompt within the token budget, runs the batch once, samples, and emits the events.
+their prompt within the token budget, runs the batch once, samples, and returns the events.
+`Scheduler.step` runs one such step on the caller's thread (a test steps it by hand);
+`SchedulerThread` runs the steps on a thread of its own while there is work.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 from chatd.engine.constraints import allowed_tokens, fill_masks
 from chatd.engine.runners.base import BatchItem, Runner
 from chatd.engine.sampler import adjust_logits, choose, log_softmax_at
-from chatd.engine.sequence import Sequence
+from chatd.engine.sequence import Sequence, Status
+from chatd.engine.slots import SlotTable
 from chatd.engine.types import Load, TokenEvent, TokenLogprob, TopLogprob
 
 log = logging.getLogger(__name__)
@@ -26,73 +29,58 @@ Events = list[tuple[Sequence, TokenEvent]]
 
 
 class Scheduler:
-    def __init__(self, runner: Runner, on_events: Callable[[Events], None]):
+    def __init__(self, runner: Runner):
         self.runner = runner
         self.tokenizer = runner.tokenizer
-        self._on_events = on_events
-        self._cv = threading.Condition()
+        # Guards what other threads hand in (submissions, aborts); SchedulerThread waits on it.
+        self.wakeup = threading.Condition()
         self._inbox: deque[Sequence] = deque()
         self._aborted: set[str] = set()
-        self._stopped = False
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self._free_slots = set(range(runner.n_slots))
-        self._slot_tokens: list[list[int]] = [[] for _ in range(runner.n_slots)]
-        self._thread = threading.Thread(target=self._loop, name="chatd-scheduler", daemon=True)
+        self.slots = SlotTable(runner.n_slots)
 
-    # -- called from other threads ------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread.start()
+    # -- safe from any thread -----------------------------------------------------------------
 
     def submit(self, seq: Sequence) -> None:
-        with self._cv:
+        with self.wakeup:
             self._inbox.append(seq)
-            self._cv.notify()
+            self.wakeup.notify()
 
     def abort(self, request_id: str) -> None:
         """Idempotent: an unknown or finished id is ignored at the next step."""
-        with self._cv:
+        with self.wakeup:
             self._aborted.add(request_id)
-            self._cv.notify()
+            self.wakeup.notify()
 
     def load(self) -> Load:
         """A snapshot, read from another thread."""
         queued = len(self.waiting) + len(self._inbox)
-        return Load(running=len(self.running), waiting=max(0, queued - len(self._free_slots)))
+        return Load(running=len(self.running), waiting=max(0, queued - self.slots.n_free))
 
-    def stop(self) -> None:
-        with self._cv:
-            self._stopped = True
-            self._cv.notify()
-        self._thread.join(timeout=10)
+    def has_work(self) -> bool:
+        return bool(self._inbox or self._aborted or self.waiting or self.running)
 
-    # -- the scheduler thread -----------------------------------------------------------------
+    # -- one thread at a time: the step ---------------------------------------------------------
 
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                while not (self._inbox or self._aborted or self.waiting or self.running):
-                    if self._stopped:
-                        return
-                    self._cv.wait()
-                if self._stopped:
-                    return
-                self.waiting.extend(self._inbox)
-                self._inbox.clear()
-                aborted, self._aborted = self._aborted, set()
-            self._cancel(aborted)
-            try:
-                self.step()
-            except Exception as exc:  # a broken step must not kill the thread: fail its batch
-                log.exception("scheduler step failed")
-                self._fail_all(f"generation failed: {exc}")
+    def step(self) -> Events:
+        """Takes in what was submitted and aborted, then runs one batch: the events it made."""
+        with self.wakeup:
+            self.waiting.extend(self._inbox)
+            self._inbox.clear()
+            aborted, self._aborted = self._aborted, set()
+        self._abort(aborted)
+        try:
+            return self._run_batch()
+        except Exception as exc:  # a broken step must not stop the scheduler: fail its batch
+            log.exception("scheduler step failed")
+            return self._fail_all(f"generation failed: {exc}")
 
-    def step(self) -> None:
+    def _run_batch(self) -> Events:
         self._admit()
         items, sampling = self._plan()
         if not items:
-            return
+            return []
         logits = self.runner.forward(items)
         allowed = self._grammar_masks(sampling)
         events: Events = []
@@ -100,28 +88,17 @@ class Scheduler:
             events.append((seq, self._advance(seq, row, allowed.get(seq.id))))
         for seq, event in events:
             if event.done:
-                self._release(seq)
-        self._on_events(events)
+                self._release(seq, Status.FINISHED)
+        return events
 
     def _admit(self) -> None:
-        while self.waiting and self._free_slots:
+        while self.waiting and self.slots.n_free:
             seq = self.waiting.popleft()
-            slot, reused = self._best_slot(seq.request.prompt, _reusable(seq))
-            self._free_slots.remove(slot)
+            slot, reused = self.slots.take(seq.request.prompt, seq.reusable)
             reused = self.runner.truncate(slot, reused)
             seq.slot, seq.n_cached, seq.n_reused = slot, reused, reused
+            seq.status = Status.RUNNING
             self.running.append(seq)
-
-    def _best_slot(self, prompt: list[int], reusable: int) -> tuple[int, int]:
-        """The free slot whose cached tokens share the longest prefix (up to `reusable`
-        tokens) with the prompt."""
-        best, best_len = min(self._free_slots), 0
-        for slot in sorted(self._free_slots):
-            n = _common_prefix(self._slot_tokens[slot], prompt)
-            if n > best_len:
-                best, best_len = slot, n
-        # At least the last prompt token must run again: its logits give the first sample.
-        return best, min(best_len, len(prompt) - 1, reusable)
 
     def _plan(self) -> tuple[list[BatchItem], list[Sequence]]:
         """Decoding sequences first (one token each), then prompt chunks within the budget."""
@@ -151,45 +128,67 @@ class Scheduler:
         masks = fill_masks([s.constraint for s in constrained], n_vocab)
         return {s.id: allowed_tokens(m, n_vocab) for s, m in zip(constrained, masks, strict=True)}
 
+    # -- from logits to an event, in stages whose order matters ---------------------------------
+
     def _advance(self, seq: Sequence, logits: np.ndarray, allowed=None) -> TokenEvent:
         """Sample the next token of seq and turn it into text, applying stop rules."""
-        params = seq.request.sampling
-        logits = adjust_logits(logits, seq.sampler, allowed)
-        token = choose(logits, params, seq.sampler.rng)
-        seq.sampler.accept(token)
-        seq.tokens.append(token)
-        event = TokenEvent()
-        finish = None
-        if token in self.tokenizer.eog:  # not part of the answer: no text, no logprobs entry
-            text, finish = seq.detokenizer.flush(), "stop"
-        else:
-            text = seq.detokenizer.step(token)
-            event.logprobs = self._logprobs(logits, token, params.top_logprobs, params)
-        constraint = seq.constraint
-        if constraint:
-            constraint.consume(token, text)
-            if constraint.error:
-                event = TokenEvent(error=f"grammar: {constraint.error}")
-                self._count(seq, event)
-                return event
-        event.text, matched = seq.stop.feed(text)
-        if matched:
-            finish = "stop"
-        elif finish is None and (
-            seq.n_generated >= seq.request.max_tokens or len(seq.tokens) >= self.runner.n_ctx
-        ):
-            finish = "length"
-            event.text += seq.stop.feed(seq.detokenizer.flush())[0]
-        if finish and not matched:
-            event.text += seq.stop.flush()
-        event.finish_reason = finish
+        token, logits = self._sample(seq, logits, allowed)
+        event = self._detokenize(seq, token, logits)
+        event = self._follow_grammar(seq, token, event)
+        if not event.error:
+            self._match_stops(seq, event)
+            self._check_length(seq, event)
+            if event.finish_reason:  # text held back for a stop string that never came
+                event.text += seq.stop.flush()
         self._count(seq, event)
         return event
 
-    def _logprobs(self, logits, token, k, params) -> list[TokenLogprob]:
+    @staticmethod
+    def _sample(seq: Sequence, logits: np.ndarray, allowed) -> tuple[int, np.ndarray]:
+        """The next token, and the adjusted logits it was drawn from (logprobs report them)."""
+        logits = adjust_logits(logits, seq.sampler, allowed)
+        token = choose(logits, seq.request.sampling, seq.sampler.rng)
+        seq.sampler.accept(token)
+        seq.tokens.append(token)
+        return token, logits
+
+    def _detokenize(self, seq: Sequence, token: int, logits: np.ndarray) -> TokenEvent:
+        """The token's text (all that is left, at an end of turn) and its logprobs."""
+        if token in self.tokenizer.eog:  # not part of the answer: no text, no logprobs entry
+            return TokenEvent(text=seq.detokenizer.flush(), finish_reason="stop")
+        params = seq.request.sampling
+        text = seq.detokenizer.step(token)
+        return TokenEvent(text=text, logprobs=self._logprobs(logits, token, params))
+
+    @staticmethod
+    def _follow_grammar(seq: Sequence, token: int, event: TokenEvent) -> TokenEvent:
+        """Advances the sequence's grammar; a token it cannot take ends the sequence."""
+        constraint = seq.constraint
+        if constraint:
+            constraint.consume(token, event.text)
+            if constraint.error:
+                return TokenEvent(error=f"grammar: {constraint.error}")
+        return event
+
+    @staticmethod
+    def _match_stops(seq: Sequence, event: TokenEvent) -> None:
+        """Holds back what may begin a stop string; cuts the text at one that matched."""
+        event.text, matched = seq.stop.feed(event.text)
+        if matched:
+            event.finish_reason = "stop"
+
+    def _check_length(self, seq: Sequence, event: TokenEvent) -> None:
+        """Ends a sequence at max_tokens or a full context, with what its detokenizer held."""
+        if event.finish_reason is None and (
+            seq.n_generated >= seq.request.max_tokens or len(seq.tokens) >= self.runner.n_ctx
+        ):
+            event.finish_reason = "length"
+            event.text += seq.stop.feed(seq.detokenizer.flush())[0]
+
+    def _logprobs(self, logits, token, params) -> list[TokenLogprob]:
         if not params.logprobs:
             return []
-        lp, top = log_softmax_at(logits, token, k)
+        lp, top = log_softmax_at(logits, token, params.top_logprobs)
         tok = self.tokenizer
         return [
             TokenLogprob(
@@ -200,30 +199,33 @@ class Scheduler:
             )
         ]
 
-    def _release(self, seq: Sequence) -> None:
-        if seq in self.running:
+    # -- ends -----------------------------------------------------------------------------------
+
+    def _release(self, seq: Sequence, status: Status, keep_cache: bool = True) -> None:
+        """Ends seq; a running one frees its slot, which keeps what a later prompt may reuse."""
+        if seq.status is Status.RUNNING:
             self.running.remove(seq)
             # What follows an image depends on the image, not only on the tokens.
-            self._slot_tokens[seq.slot] = seq.tokens[: min(seq.n_cached, _reusable(seq))]
-            self._free_slots.add(seq.slot)
+            cached = seq.tokens[: min(seq.n_cached, seq.reusable)] if keep_cache else []
+            self.slots.release(seq.slot, cached)
+        seq.status = status
 
-    def _cancel(self, ids: set[str]) -> None:
+    def _abort(self, ids: set[str]) -> None:
         if not ids:
             return
-        for seq in [s for s in self.running if s.id in ids]:
-            self._release(seq)
-        self.waiting = deque(s for s in self.waiting if s.id not in ids)
+        for seq in [s for s in (*self.running, *self.waiting) if s.id in ids]:
+            self._release(seq, Status.ABORTED)
+        self.waiting = deque(s for s in self.waiting if s.status is Status.WAITING)
 
-    def _fail_all(self, message: str) -> None:
+    def _fail_all(self, message: str) -> Events:
         events: Events = []
         for seq in list(self.running):
-            self._release(seq)
             # What the cache holds after a failed forward is unknown: forget the slot's prefix.
-            self._slot_tokens[seq.slot] = []
+            self._release(seq, Status.FINISHED, keep_cache=False)
             event = TokenEvent(error=message)
             self._count(seq, event)
             events.append((seq, event))
-        self._on_events(events)
+        return events
 
     @staticmethod
     def _count(seq: Sequence, event: TokenEvent) -> None:
@@ -232,15 +234,33 @@ class Scheduler:
         event.cached_tokens = seq.n_reused
 
 
-def _reusable(seq: Sequence) -> int:
-    """How many of the sequence's tokens a later prompt may take from the cache."""
-    images = seq.request.images
-    return len(seq.tokens) if images is None else images.reusable
+class SchedulerThread:
+    """Runs a scheduler's steps on a thread of its own, asleep while there is nothing to do,
+    and hands each step's events to `on_events` (on that thread)."""
 
+    def __init__(self, scheduler: Scheduler, on_events: Callable[[Events], None]):
+        self._scheduler, self._on_events = scheduler, on_events
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="chatd-scheduler", daemon=True)
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._scheduler.wakeup:
+            self._stopped = True
+            self._scheduler.wakeup.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        scheduler = self._scheduler
+        while True:
+            with scheduler.wakeup:
+                while not (scheduler.has_work() or self._stopped):
+                    scheduler.wakeup.wait()
+                if self._stopped:
+                    return
+            events = scheduler.step()
+            if events:
+                self._on_events(events)

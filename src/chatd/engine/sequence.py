@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 from chatd.engine.constraints import Constraint, LazyConstraint
 from chatd.engine.detokenizer import Detokenizer
 from chatd.engine.runners.base import Tokenizer
 from chatd.engine.sampler import SamplerState
 from chatd.engine.stop import StopMatcher
 from chatd.engine.types import GenerationRequest
+
+
+class Status(Enum):
+    WAITING = "waiting"  # submitted, no slot yet
+    RUNNING = "running"  # in a slot: prefilling or decoding
+    FINISHED = "finished"  # its last event (a finish reason or an error) is out
+    ABORTED = "aborted"  # its caller gave up: no more events
 
 
 class Sequence:
@@ -22,7 +31,7 @@ class Sequence:
         self.n_cached = 0  # how many of self.tokens the KV cache holds
         self.n_reused = 0  # prompt tokens found already cached (prefix reuse)
         self.slot: int | None = None
-        self.cancelled = False
+        self.status = Status.WAITING
         self.sampler = SamplerState(request.sampling, request.prompt)
         self.detokenizer = Detokenizer(tokenizer.token_bytes, tokenizer.hidden)
         self.stop = StopMatcher(request.stop)
@@ -44,3 +53,9 @@ class Sequence:
     def pending(self) -> int:
         """Tokens still to feed the model before the next sample."""
         return len(self.tokens) - self.n_cached
+
+    @property
+    def reusable(self) -> int:
+        """How many of the sequence's tokens a later prompt may take from the cache."""
+        images = self.request.images
+        return len(self.tokens) if images is None else images.reusable

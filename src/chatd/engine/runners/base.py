@@ -37,6 +37,12 @@ class Tokenizer(Protocol):
         ...
 
 
+def token_budget(max_batch_tokens: int, n_slots: int) -> int:
+    """The tokens one forward takes: never fewer than the slots, so that every decoding
+    sequence gets its token at each step, however small the asked budget."""
+    return max(max_batch_tokens, n_slots)
+
+
 class Runner(Protocol):
     name: str
     n_slots: int  # sequences held in the KV cache at once

@@ -6,9 +6,12 @@ import llguidance.hf
 
 
 class HFTokenizer:
-    def __init__(self, tokenizer, n_vocab: int, eos_ids: set[int]):
+    def __init__(
+        self, tokenizer, n_vocab: int, eos_ids: set[int], chat_template: str | None = None
+    ):
         """n_vocab is the model's logits width, which may exceed the tokenizer's own length
-        (padded embeddings): ids past the tokenizer are never text and never sampled to text."""
+        (padded embeddings): ids past the tokenizer are never text and never sampled to text.
+        chat_template, when given, replaces the tokenizer's own (a processor's)."""
         self._tok = tokenizer
         self.n_vocab = n_vocab
         known = min(len(tokenizer), n_vocab)
@@ -28,7 +31,7 @@ class HFTokenizer:
             name if t in self.hidden else self.token_bytes[t].decode("utf-8", errors="replace")
             for t, name in enumerate(names)
         ] + [f"<unused_{t}>" for t in range(known, n_vocab)]
-        self.chat_template = getattr(tokenizer, "chat_template", None)
+        self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
         self.bos_token = tokenizer.bos_token or ""
         self.eos_token = tokenizer.eos_token or ""
 

@@ -15,7 +15,7 @@ import llama_cpp
 import numpy as np
 from llguidance.llamacpp import lltokenizer_from_vocab
 
-from chatd.engine.runners.base import BatchItem
+from chatd.engine.runners.base import BatchItem, token_budget
 
 # llama.cpp logs every tensor on load to stderr unless told otherwise.
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
@@ -89,7 +89,7 @@ class LlamaCppRunner:
             raise RuntimeError(f"llama.cpp could not load {path}")
         self.n_slots = n_slots
         self.n_ctx = n_ctx
-        self.max_batch_tokens = max(max_batch_tokens, n_slots)
+        self.max_batch_tokens = token_budget(max_batch_tokens, n_slots)
         threads = n_threads or os.cpu_count() or 1
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx * n_slots

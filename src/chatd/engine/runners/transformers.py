@@ -28,7 +28,7 @@ from transformers.models.auto.processing_auto import (
     processor_class_from_name,
 )
 
-from chatd.engine.runners.base import BatchItem
+from chatd.engine.runners.base import BatchItem, token_budget
 from chatd.engine.runners.hf_tokenizer import HFTokenizer
 from chatd.engine.runners.kv_slots import SlotCache, causal_mask
 from chatd.engine.runners.vision import VisionPrompt, inputs_for
@@ -72,14 +72,14 @@ class TransformersRunner:
         hf_tok = self.processor.tokenizer if self.processor else None
         hf_tok = hf_tok or AutoTokenizer.from_pretrained(where, **gguf)
         n_vocab = self.model.get_output_embeddings().weight.shape[0]
-        self.tokenizer = HFTokenizer(hf_tok, n_vocab, _eos_ids(self.model, hf_tok))
-        if self.processor is not None and getattr(self.processor, "chat_template", None):
-            self.tokenizer.chat_template = self.processor.chat_template  # it places the images
+        # A processor's template places the images: it comes before the tokenizer's own.
+        template = getattr(self.processor, "chat_template", None)
+        self.tokenizer = HFTokenizer(hf_tok, n_vocab, _eos_ids(self.model, hf_tok), template)
         text_config = config.get_text_config()
         limit = getattr(text_config, "max_position_embeddings", None) or n_ctx
         self.n_slots = n_slots
         self.n_ctx = min(n_ctx, limit)
-        self.max_batch_tokens = max(max_batch_tokens, n_slots)
+        self.max_batch_tokens = token_budget(max_batch_tokens, n_slots)
         self.cache = SlotCache(text_config, n_slots, self.n_ctx, self.dtype, self.device)
         layer_types = getattr(text_config, "layer_types", None) or ()
         self._window = text_config.sliding_window if "sliding_attention" in layer_types else None

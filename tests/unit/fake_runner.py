@@ -1,0 +1,95 @@
+"""A tiny deterministic model for the engine's unit tests, behind the Runner protocol.
+
+Its vocabulary is the 256 bytes and an end token. It keeps each slot's tokens as its "KV cache"
+(a forward that leaves a gap, or a truncate past what the slot holds, is a scheduler bug and
+fails loudly) and favours the byte after the last cached one, and the end token after a '.':
+"abc" goes on "def...", "," goes on "-." and ends.
+"""
+
+from __future__ import annotations
+
+import llguidance
+import numpy as np
+
+from chatd.engine.runners.base import BatchItem
+
+EOS = 256
+FAVOURED = 10.0  # the logit of the favoured token; every other token has 0
+
+
+class _LLVocab:
+    """What llguidance.TokenizerWrapper reads to build its view of the vocabulary."""
+
+    eos_token_id = EOS
+    bos_token_id = None
+    tokens = [bytes([i]) for i in range(256)] + [b"</s>"]
+    special_token_ids = [EOS]
+
+    def __call__(self, data: bytes) -> list[int]:
+        return list(data)
+
+
+class ByteTokenizer:
+    n_vocab = 257
+    token_bytes = [bytes([i]) for i in range(256)] + [b""]
+    token_text = [chr(i) for i in range(256)] + ["</s>"]
+    hidden = {EOS}
+    eog = {EOS}
+    chat_template = None
+    bos_token, eos_token = "", "</s>"
+    grammar_tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_LLVocab()))
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode())
+
+
+TOKENIZER = ByteTokenizer()
+
+
+def text_of(tokens: list[int]) -> str:
+    return "".join(TOKENIZER.token_text[t] for t in tokens)
+
+
+def favoured(tokens: list[int]) -> int:
+    last = tokens[-1]
+    return EOS if last == ord(".") else (last + 1) % 256
+
+
+class FakeRunner:
+    name = "fake"
+    vision = False
+    memory_bytes = 0
+    tokenizer = TOKENIZER
+
+    def __init__(self, n_slots: int = 2, n_ctx: int = 64, max_batch_tokens: int = 16):
+        self.n_slots, self.n_ctx, self.max_batch_tokens = n_slots, n_ctx, max_batch_tokens
+        self.cache: list[list[int]] = [[] for _ in range(n_slots)]
+        # Each forward's items as (slot, start, text, want_logits), to assert on exactly.
+        self.calls: list[list[tuple[int, int, str, bool]]] = []
+        self.truncations: list[tuple[int, int]] = []
+        self.fail_on: set[int] = set()  # the forwards (1 for the first) that raise
+        self.closed = False
+
+    def forward(self, items: list[BatchItem]) -> np.ndarray:
+        self.calls.append([(i.slot, i.start, text_of(i.tokens), i.want_logits) for i in items])
+        if len(self.calls) in self.fail_on:
+            raise RuntimeError("the device fell over")
+        rows = []
+        for item in items:
+            cache = self.cache[item.slot]
+            assert item.start <= len(cache), f"slot {item.slot}: a gap before {item.start}"
+            cache[item.start :] = item.tokens
+            if item.want_logits:
+                row = np.zeros(TOKENIZER.n_vocab, np.float32)
+                row[favoured(cache)] = FAVOURED
+                rows.append(row)
+        return np.array(rows, np.float32).reshape(len(rows), TOKENIZER.n_vocab)
+
+    def truncate(self, slot: int, keep: int) -> int:
+        assert keep <= len(self.cache[slot]), f"slot {slot} holds fewer than {keep} tokens"
+        self.truncations.append((slot, keep))
+        del self.cache[slot][keep:]
+        return keep
+
+    def close(self) -> None:
+        self.closed = True
