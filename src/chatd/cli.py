@@ -103,10 +103,9 @@ def serve(
     if print_settings:
         typer.echo(settings.model_dump_json(indent=2))
         return
-    import uvicorn
-
     from chatd.models import sources
     from chatd.models.registry import Registry
+    from chatd.server import http
     from chatd.server.app import create_app
 
     logging.basicConfig(
@@ -125,7 +124,7 @@ def serve(
         raise typer.Exit(2) from exc
     _show_load_progress(registry)
     registry.start_loading(registry.default)
-    uvicorn.run(app_, host=settings.host, port=settings.port, log_level=settings.log_level)
+    http.serve(app_, settings)
 
 
 def _show_load_progress(registry) -> None:

@@ -46,6 +46,9 @@ class ImageLimits:
 
     max_bytes: int = 20 * 2**20  # encoded size
     max_pixels: int = 4096 * 4096  # width*height, checked from the header before decoding
+    # Longer side over shorter. A processor that scales the shorter side up to its size
+    # (LLaVA's 336) makes a 1x8000 image 336x2.7M: bounded here, before any processor runs.
+    max_aspect: float = 20.0
     timeout: float = 10.0  # seconds for one image, all redirects included
     max_redirects: int = 3
     max_images: int = 16  # per request: each one costs a fetch and vision-tower work
@@ -98,6 +101,25 @@ class ServerSettings(BaseModel):
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="what the log shows"
+    )
+
+
+class LimitSettings(BaseModel):
+    model_config = ConfigDict(title="Connection limits")
+
+    max_body_bytes: Annotated[Size | None, Flag(metavar="SIZE")] = Field(
+        None,
+        description="largest request body, 413 past it (default: one image of "
+        "--image-max-bytes as a data URL, plus 4MiB)",
+    )
+    header_timeout: Seconds = Field(
+        10, gt=0, description="seconds a client may take to send a request's headers"
+    )
+    body_timeout: Seconds = Field(
+        30, gt=0, description="seconds a client may pause while sending a body (408)"
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="open connections at once; past it, new ones get 503"
     )
 
 
@@ -182,6 +204,9 @@ class ImageSettings(BaseModel):
     image_max_pixels: int = Field(
         ImageLimits.max_pixels, ge=1, description="largest image, width x height"
     )
+    image_max_aspect: float = Field(
+        ImageLimits.max_aspect, ge=1, description="largest image aspect ratio (long/short side)"
+    )
     image_timeout: Seconds = Field(
         ImageLimits.timeout, gt=0, description="seconds to fetch one image"
     )
@@ -207,6 +232,7 @@ class Settings(
     ResidencySettings,
     BatchSettings,
     ModelSettings,
+    LimitSettings,
     ServerSettings,
     BaseSettings,
 ):
@@ -227,10 +253,18 @@ class Settings(
         return ["***"] * len(keys)  # a dump (serve --print-settings) never shows a key
 
     @property
+    def body_limit(self) -> int:
+        """--max-body-bytes, or what one data-URL image of the largest allowed size needs."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return -(-self.image_max_bytes * 4 // 3) + 4 * 2**20
+
+    @property
     def image_limits(self) -> ImageLimits:
         return ImageLimits(
             max_bytes=self.image_max_bytes,
             max_pixels=self.image_max_pixels,
+            max_aspect=self.image_max_aspect,
             timeout=self.image_timeout,
             max_redirects=self.image_max_redirects,
             max_images=self.max_images,

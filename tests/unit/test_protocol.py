@@ -157,9 +157,12 @@ def test_empty_messages_fail():
         ChatRequest.model_validate({"messages": []})
 
 
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+
+
 @pytest.mark.parametrize("choice", ["auto", "none", "required"])
 def test_tool_choice_strings_parse(choice):
-    assert _req(tool_choice=choice).tool_choice == choice
+    assert _req(tool_choice=choice, tools=TOOLS).tool_choice == choice
 
 
 @pytest.mark.parametrize(
@@ -167,7 +170,13 @@ def test_tool_choice_strings_parse(choice):
     [{"function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}],
 )
 def test_tool_choice_named_function_parses(choice):
-    assert _req(tool_choice=choice).tool_choice.function.name == "f"
+    assert _req(tool_choice=choice, tools=TOOLS).tool_choice.function.name == "f"
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "f"}}])
+def test_a_demanded_call_without_tools_fails(choice):
+    with pytest.raises(ValidationError, match="no tools are given"):
+        _req(tool_choice=choice)
 
 
 def test_tool_choice_unknown_string_fails():

@@ -21,6 +21,7 @@ from PIL import Image
 
 from chatd.chat.errors import RequestError
 from chatd.config import ImageLimits  # declared with the settings it comes from
+from chatd.protocol.echo import echo
 
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -95,7 +96,7 @@ def _data_url_bytes(url: str, limits: ImageLimits) -> bytes:
     if not comma or "base64" not in params:
         raise ImageError(url, "only base64 data URLs are supported (data:image/png;base64,...)")
     if not mime.startswith("image/"):
-        raise ImageError(url, f"refused: data URL type {mime!r} is not an image type")
+        raise ImageError(url, f"refused: data URL type {echo(mime)} is not an image type")
     # 4 characters carry 3 bytes: refuse what is surely too big before decoding it.
     if len(payload) // 4 * 3 - 2 > limits.max_bytes:
         raise ImageError(url, _too_big(limits))
@@ -219,6 +220,11 @@ def _decode(url: str, data: bytes, limits: ImageLimits) -> Image.Image:
                 raise ImageError(
                     url,
                     f"refused: {width}x{height} is over the {limits.max_pixels:,}-pixel limit",
+                )
+            if max(width, height) > limits.max_aspect * max(1, min(width, height)):
+                raise ImageError(
+                    url,
+                    f"refused: {width}x{height} has an aspect ratio over {limits.max_aspect:g}:1",
                 )
             return img.convert("RGB")  # loads the first frame of an animation
     except ImageError:

@@ -4,6 +4,7 @@ per choice. Everything that needs the model is checked here; every refusal is a 
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, replace
 
@@ -15,6 +16,7 @@ from chatd.chat.tools import ToolPlan, calls_grammar, plan_tools
 from chatd.config import ImageLimits
 from chatd.engine.constraints import GrammarError
 from chatd.engine.engine import Engine
+from chatd.engine.runners.base import Tokenizer
 from chatd.engine.types import GenerationRequest, Grammar, SamplingParams
 from chatd.protocol.request import ChatRequest
 
@@ -37,6 +39,7 @@ async def plan(
     n = body.n or 1
     if n > max_n:
         raise RequestError(f"n: at most {max_n} choices per request, got {n}")
+    _refuse_surely_too_long(body, engine)
     tools = plan_tools(body, template.source)
     prompt = await build_prompt(body.messages, template, engine.runner, tools, images)
     room = engine.runner.n_ctx - len(prompt.tokens)
@@ -66,6 +69,29 @@ async def plan(
         for i in range(n)
     ]
     return Plan(requests, tools)
+
+
+def _refuse_surely_too_long(body: ChatRequest, engine: Engine) -> None:
+    """Text that cannot fit however it is tokenised (no token spells more than the longest
+    one's bytes) is refused before any tokenising: a 50 MB message costs no tokeniser time."""
+    n_bytes = sum(len(text.encode()) for m in body.messages for text in _texts(m.content))
+    n_ctx = engine.runner.n_ctx
+    if n_bytes > _longest_token(engine.tokenizer) * n_ctx:
+        raise RequestError(
+            f"messages: {n_bytes} bytes of text is more than this model's context of {n_ctx} "
+            "tokens can hold"
+        )
+
+
+def _texts(content) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    return [part.text for part in content or () if part.type == "text"]
+
+
+@functools.lru_cache(maxsize=16)
+def _longest_token(tokenizer: Tokenizer) -> int:
+    return max(map(len, tokenizer.token_bytes), default=1) or 1
 
 
 def _grammar(body: ChatRequest, tools: ToolPlan | None, engine: Engine) -> Grammar | None:

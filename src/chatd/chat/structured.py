@@ -19,11 +19,23 @@ def response_format_grammar(fmt: ResponseFormat | None) -> str | None:
         if not isinstance(fmt.value, str) or not fmt.value:
             raise GrammarError("type 'regex' needs the pattern as a string in 'value'")
         return regex_grammar(fmt.value)
-    if fmt.type == "json_schema":  # OpenAI: {"json_schema": {"name", "schema", "strict"}}
-        schema = (fmt.json_schema or {}).get("schema")
+    if fmt.type == "json_schema":
+        schema = _json_schema(fmt)
     else:  # HF "json" and "json_object" carry the schema in "value"; none means any object
         schema = fmt.value
     return json_schema_grammar(_schema(schema))
+
+
+def _json_schema(fmt: ResponseFormat) -> Any:
+    """OpenAI's {"json_schema": {"name", "schema", "strict"}}, or TGI's same object in
+    "value". Without a schema there is nothing to follow: refused, never taken as any object."""
+    for holder in (fmt.json_schema, fmt.value):
+        if isinstance(holder, dict) and holder.get("schema") is not None:
+            return holder["schema"]
+    raise GrammarError(
+        "type 'json_schema' needs the schema in json_schema.schema "
+        '(OpenAI: {"json_schema": {"name": ..., "schema": {...}}})'
+    )
 
 
 def _schema(schema: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from chatd.chat.errors import RequestError
 from chatd.engine.constraints import JSON_OPTIONS, lark_grammar
 from chatd.engine.runners.base import Tokenizer
 from chatd.engine.types import Grammar
+from chatd.protocol.echo import echo
 from chatd.protocol.request import ChatRequest, NamedToolChoice, Tool
 
 # TGI's default, which HF users know: put before the tool list.
@@ -52,14 +53,15 @@ class ToolPlan:
 def plan_tools(body: ChatRequest, template_source: str) -> ToolPlan | None:
     """None when the request has no tools or tool_choice is none."""
     if not body.tools or body.tool_choice == "none":
-        return None
+        return None  # (a call demanded without tools is refused with the request)
     tools = body.tools
     choice = body.tool_choice
     if isinstance(choice, NamedToolChoice):
         names = {t.function.name for t in tools}
         if choice.function.name not in names:
             raise ToolChoiceError(
-                f"tool_choice: no tool named {choice.function.name!r} (tools: {sorted(names)})"
+                f"tool_choice: no tool named {echo(choice.function.name)} "
+                f"(tools: {', '.join(map(echo, sorted(names)))})"
             )
         tools = [t for t in tools if t.function.name == choice.function.name]
     return ToolPlan(
@@ -99,19 +101,25 @@ def calls_grammar(plan: ToolPlan, tokenizer: Tokenizer) -> Grammar:
 
 
 def _calls_lark(plan: ToolPlan, tokenizer: Tokenizer) -> str:
+    # Each tool's schema sits under $defs, its own root-relative refs ("#", "#/$defs/X") moved
+    # below it: nested in the call object as they are, they would point at the wrong root.
     call = {
         "anyOf": [
             {
                 "type": "object",
                 "properties": {
                     "name": {"const": t["function"]["name"]},
-                    "arguments": t["function"]["parameters"],
+                    "arguments": {"$ref": f"#/$defs/tool{i}"},
                 },
                 "required": ["name", "arguments"],
                 "additionalProperties": False,
             }
-            for t in plan.tools
+            for i, t in enumerate(plan.tools)
         ],
+        "$defs": {
+            f"tool{i}": _rebased(t["function"]["parameters"], f"#/$defs/tool{i}")
+            for i, t in enumerate(plan.tools)
+        },
         "x-guidance": JSON_OPTIONS,
     }
     open_, close = _token_ref(OPEN, tokenizer), _token_ref(CLOSE, tokenizer)
@@ -122,6 +130,19 @@ def _calls_lark(plan: ToolPlan, tokenizer: Tokenizer) -> str:
         f"call: %json {json.dumps(call)}\n"
         "WS: /[ \\t\\n]+/\n"
     )
+
+
+def _rebased(schema: Any, root: str) -> Any:
+    """The schema with every local $ref ("#...") made relative to `root` instead."""
+    if isinstance(schema, dict):
+        return {
+            k: root + v[1:] if k == "$ref" and isinstance(v, str) and v.startswith("#")
+            else _rebased(v, root)
+            for k, v in schema.items()
+        }  # fmt: skip
+    if isinstance(schema, list):
+        return [_rebased(v, root) for v in schema]
+    return schema
 
 
 def _token_ref(text: str, tokenizer: Tokenizer) -> str:

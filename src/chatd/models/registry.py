@@ -21,6 +21,7 @@ from chatd.config import Settings
 from chatd.models.errors import ModelFailed, ModelLoading, ModelNotFound, NoRoom
 from chatd.models.loader import LoadedModel, load_model
 from chatd.models.sources import ModelSource, from_hf_cache
+from chatd.protocol.echo import echo
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class Registry:
                 return entry
         source = from_hf_cache(name) if name.count("/") == 1 else None
         if source is None:
-            raise ModelNotFound(f"Model {name} is not served here")
+            raise ModelNotFound(f"Model {echo(name)} is not served here")
         self.entries[name] = entry = ModelEntry(source)
         return entry
 

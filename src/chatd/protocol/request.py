@@ -133,6 +133,13 @@ class ChatRequest(BaseModel):
             raise ValueError("top_logprobs requires logprobs to be true")
         return self
 
+    @model_validator(mode="after")
+    def _a_call_needs_tools(self) -> ChatRequest:
+        demanded = self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
+        if demanded and not self.tools:
+            raise ValueError("tool_choice: a tool call is demanded, but no tools are given")
+        return self
+
     @property
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -17,6 +17,7 @@ from chatd.models.registry import ModelEntry, ModelState, Registry
 from chatd.server import errors
 from chatd.server.auth import ApiKeyMiddleware, load_keys
 from chatd.server.backend import Backend, LocalBackend
+from chatd.server.body import BodyGuard
 from chatd.server.metrics import Metrics, MetricsMiddleware
 from chatd.server.playground import router as playground_router
 from chatd.server.routes import router
@@ -59,6 +60,7 @@ def create_app(settings: Settings, registry: Registry, backend: Backend | None =
         return Response(body, media_type=content_type)
 
     # The last added is the outermost: metrics see every request, the refused ones too.
+    app.add_middleware(BodyGuard, max_bytes=settings.body_limit, timeout=settings.body_timeout)
     app.add_middleware(ApiKeyMiddleware, keys=load_keys(settings.api_keys, settings.api_key_file))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -14,6 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatd.chat.errors import RequestError
 from chatd.models.errors import ModelFailed, ModelLoading, ModelNotFound, NoRoom
@@ -102,20 +104,48 @@ async def _known(_: Request, exc: Exception):
     return error_response(as_chatd(exc))
 
 
+async def _gone(_: Request, exc: ClientDisconnect):
+    """A client that leaves while sending its body is no server error: nobody reads this."""
+    return error_response(ChatdError(499, "client closed the request", "cancelled"))
+
+
 def install(app: FastAPI) -> None:
     for kind in (ChatdError, *STATUS):
         app.add_exception_handler(kind, _known)
+    app.add_exception_handler(ClientDisconnect, _gone)
+    app.add_middleware(Unexpected)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
         return error_response(bad_request(describe_validation(exc)))
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException):
+    async def _http(_: Request, exc: HTTPException):  # 404, 405 (its Allow header kept), ...
         kind = "not_found" if exc.status_code == 404 else "validation"
-        return error_response(ChatdError(exc.status_code, str(exc.detail), kind))
+        return error_response(ChatdError(exc.status_code, str(exc.detail), kind, exc.headers))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception):
-        log.exception("unhandled error")
-        return error_response(ChatdError(500, "internal server error", "generation"))
+
+class Unexpected:
+    """A bug's 500, with the HF body, logged once. Caught here rather than by Starlette's
+    outermost handler, which re-raises to the server: the server then drops the kept-alive
+    connection without saying so, and the client's next request on it is reset."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            log.exception("unhandled error")
+            if started or scope["type"] != "http":
+                raise  # too late for a status: the server closes the connection
+            err = ChatdError(500, "internal server error", "generation")
+            await error_response(err)(scope, receive, send)  # the connection stays usable

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 from dataclasses import asdict
 
@@ -16,6 +16,7 @@ from chatd.models.registry import ModelState, Registry
 from chatd.protocol.request import MAX_STOP, MAX_TOP_LOGPROBS, ChatRequest
 from chatd.server import streaming
 from chatd.server.backend import Backend
+from chatd.server.body import parse_json
 from chatd.server.caching import CacheLookup
 from chatd.server.errors import bad_request, describe_validation
 from chatd.server.lifetime import SSE_HEADERS, AnswerResponse
@@ -36,7 +37,9 @@ def _registry(request: Request) -> Registry:
 
 async def chat_completions(request: Request):
     """parse -> find the model -> cache lookup -> start (lease, plan, submit) -> answer."""
-    data, body = _parse(await request.body())
+    raw = await request.body()
+    # A large body takes a while to parse and validate: not on the event loop.
+    data, body = await asyncio.to_thread(_parse, raw) if len(raw) > 2**18 else _parse(raw)
     backend: Backend = request.app.state.backend
     org, name = request.path_params.get("org"), request.path_params.get("name")
     model_id = backend.resolve(f"{org}/{name}" if org else body.model)  # the path wins
@@ -51,11 +54,9 @@ async def chat_completions(request: Request):
 def _parse(raw: bytes) -> tuple[dict, ChatRequest]:
     """The body as sent (for the cache key) and validated. Parsed here rather than by
     FastAPI so that any content-type (curl's default too) is JSON."""
+    data = parse_json(raw)
     try:
-        data = json.loads(raw)
         body = ChatRequest.model_validate(data)
-    except json.JSONDecodeError:
-        raise bad_request("the request body is not valid JSON") from None
     except ValidationError as exc:
         raise bad_request(describe_validation(exc)) from None
     if body.model_extra:
