@@ -10,7 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -24,6 +26,7 @@ PARALLEL = 8
 CTX = 1024
 # SmolLM2's end-of-generation token ids, banned where a request must run to max_tokens.
 NO_END = {"0": -100, "2": -100, "4": -100}
+ONE_SLOT_BATCH_TOKENS = 32
 
 
 def free_port() -> int:
@@ -71,8 +74,8 @@ def serve_in_thread(app):
     server = uvicorn.Server(uvicorn.Config(app, port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    while not server.started:
-        time.sleep(0.01)
+    wait_until(lambda: server.started or not thread.is_alive(), 30, "the in-thread server to start")
+    assert server.started, "the in-thread server stopped before it started"
     try:
         yield f"http://127.0.0.1:{server.config.port}"
     finally:
@@ -80,13 +83,26 @@ def serve_in_thread(app):
         thread.join(timeout=10)
 
 
-def _missing(what: str) -> None:
-    """Redis is tested wherever it can be: skip on a developer machine without it, fail in CI
-    (env CI set), where .ci/run installs it: a cache backend nobody tests is a broken one."""
-    message = f"{what}: install it (apt-get install -y redis-server; pip install redis)"
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll an outside state (another process, a thread) until it holds; fail after `timeout`
+    seconds saying what never happened. Only for states no event tells us about."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
+        time.sleep(0.02)
+
+
+def unavailable(what: str) -> NoReturn:
+    """A tool a test needs is missing: skip on a developer machine, fail in CI (env CI set),
+    where .ci/run installs everything: a feature nobody tests is a broken one."""
     if os.environ.get("CI"):
-        pytest.fail(f"CI must test the Redis cache, but {message}", pytrace=False)
-    pytest.skip(message)
+        pytest.fail(f"CI must run this test, but {what}", pytrace=False)
+    pytest.skip(what)
+
+
+def _missing(what: str) -> NoReturn:
+    unavailable(f"{what}: install it (apt-get install -y redis-server; pip install redis)")
 
 
 def redis_package():
@@ -168,6 +184,21 @@ def qwen_url():
 
 
 @pytest.fixture(scope="session")
+def one_slot_url():
+    """The default model with one slot and small forwards: requests queue behind each other
+    and a prompt longer than --batch-tokens is prefilled in several chunks."""
+    srv = Server(
+        "--parallel", "1", "--ctx", str(CTX), "--batch-tokens", str(ONE_SLOT_BATCH_TOKENS),
+        "--cache-url", "off",
+    )  # fmt: skip
+    try:
+        srv.wait_ready()
+        yield srv.url
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
 def base_url(server) -> str:
     return server.url
 
@@ -205,6 +236,32 @@ def sse_events(base_url: str, path: str = "/v1/chat/completions", **body) -> lis
     return [e.removeprefix("data: ") for e in events]
 
 
+def metric(base_url: str, name: str, **labels: str) -> float:
+    """One sample of the server's /metrics (0 while it has not been recorded yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base_url}/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def sampled_tokens(base_url: str, model: str) -> float:
+    """Every token the model's engine sampled so far, those of aborted requests included: the
+    sum of the sequences sampled in each step."""
+    return metric(base_url, "chatd_batch_sequences_sum", model=model)
+
+
+def idle(base_url: str) -> bool:
+    """The default model decodes nothing and has nothing queued (/info)."""
+    return httpx.get(f"{base_url}/info", timeout=30).json()["sequences"] == {
+        "running": 0,
+        "waiting": 0,
+    }
+
+
 # -- vision-language models on the transformers runner -------------------------------------------
 
 VISION_MODELS = {  # fixture kind -> the id chatd serves it under
@@ -214,6 +271,16 @@ VISION_MODELS = {  # fixture kind -> the id chatd serves it under
 }
 TEXT_MODELS = {"gemma2": SNIPPET_TEXT_MODEL, "llama": "tiny-llama"}
 SMOLLM2_TRANSFORMERS = "smollm2-transformers"  # the packaged GGUF, dequantised
+STRICT_MODEL = "tiny-strict"  # tiny llama whose template refuses roles that do not alternate
+STRICT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if (message.role == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant') }}"
+    "{%- endif -%}"
+    "{{ '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
 IMAGE_MAX_PIXELS = 1_000_000
 
 
@@ -226,8 +293,21 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {kind: build(kind, root / kind) for kind in KINDS}
 
 
+def strict_template_model(tiny_llama: Path, dest: Path) -> Path:
+    """The tiny llama's weights with STRICT_TEMPLATE as its chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.chat_template = STRICT_TEMPLATE
+    tokenizer.save_pretrained(dest)
+    for file in tiny_llama.iterdir():
+        if not (dest / file.name).exists():
+            (dest / file.name).symlink_to(file)
+    return dest
+
+
 @pytest.fixture(scope="session")
-def vision_server(tiny_models):
+def vision_server(tiny_models, tmp_path_factory):
     """One chatd on the transformers runner serving tiny random VLMs and text models that the
     tests build (tests/tiny_models.py), and SmolLM2 dequantised from its GGUF. Image URLs on
     127.0.0.1 are allowed (the test image server); other private addresses are not."""
@@ -237,6 +317,8 @@ def vision_server(tiny_models):
     for kind, model_id in {**VISION_MODELS, **TEXT_MODELS}.items():
         specs += ["--model", f"{model_id}={tiny_models[kind]}"]
     specs += ["--model", f"{SMOLLM2_TRANSFORMERS}={packaged_models()[0].path}"]
+    strict = strict_template_model(tiny_models["llama"], tmp_path_factory.mktemp("strict"))
+    specs += ["--model", f"{STRICT_MODEL}={strict}"]  # loaded by the test that asks for it
     srv = Server(
         *specs, "--runner", "transformers", "--parallel", "4", "--ctx", "512",
         "--cache-url", "off", "--image-allow-host", "127.0.0.1",

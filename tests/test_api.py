@@ -13,6 +13,8 @@ from tests.conftest import CTX, NO_END, PARALLEL, chat, sse_events
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 HI = [{"role": "user", "content": "Say hello."}]
+# NO_END as HF's list form (one bias per token id from 0), for InferenceClient's logit_bias.
+NO_END_LIST = [float(NO_END.get(str(i), 0)) for i in range(1 + max(map(int, NO_END)))]
 
 
 @pytest.mark.parametrize(
@@ -27,7 +29,8 @@ HI = [{"role": "user", "content": "Say hello."}]
     ],
 )
 def test_every_url_form_answers(base_url, path):
-    r = httpx.post(f"{base_url}{path}", json={"messages": HI, "max_tokens": 3}, timeout=60)
+    body = {"messages": HI, "max_tokens": 3, "logit_bias": NO_END}  # sampled: it must not end early
+    r = httpx.post(f"{base_url}{path}", json=body, timeout=60)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == MODEL
@@ -46,7 +49,7 @@ def test_every_url_form_answers(base_url, path):
     ids=["base_url_v1", "base_url", "model_url", "model_path", "base_url_path"],
 )
 def test_hf_client_set_ups(base_url, make):
-    out = make(base_url).chat_completion(HI, max_tokens=4)
+    out = make(base_url).chat_completion(HI, max_tokens=4, logit_bias=NO_END_LIST)
     assert out.choices[0].message.content
     assert out.usage.completion_tokens == 4
 
@@ -54,7 +57,9 @@ def test_hf_client_set_ups(base_url, make):
 @pytest.mark.parametrize("suffix", ["/v1", "/v1/", "", f"/models/{MODEL}/v1"])
 def test_openai_client_set_ups(base_url, suffix):
     client = OpenAI(base_url=f"{base_url}{suffix}", api_key="x", _strict_response_validation=True)
-    out = client.chat.completions.create(model="dummy", messages=HI, max_tokens=4)
+    out = client.chat.completions.create(
+        model="dummy", messages=HI, max_tokens=4, logit_bias=NO_END
+    )
     assert out.choices[0].message.content
     assert out.usage.completion_tokens == 4
 

@@ -92,7 +92,8 @@ def test_validation_errors_raise_each_clients_bad_request(base_url, openai_clien
     assert "temperature" in hf_raised.value.server_message
 
 
-def test_template_rejection_is_400(base_url):
-    # The conversation is fine for ChatML; a non-string content part type is not.
+def test_unknown_content_part_type_is_400(base_url):
+    # Refused by validation, before any template runs; a template's own refusal is tested in
+    # test_transformers_text.py (a model whose template raises).
     r = chat(base_url, messages=[{"role": "user", "content": [{"type": "audio", "x": 1}]}])
     assert_hf_error(r, 400, "messages.0.content")

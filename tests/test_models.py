@@ -5,7 +5,8 @@ keep-alive, failed loads and their retry, --models-dir, backpressure and time li
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
+import os
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,7 @@ import openai
 import pytest
 
 from chatd.models.sources import DEFAULT_MODEL_ID, ModelSource, resolve
-from tests.conftest import NO_END, Server
+from tests.conftest import NO_END, Server, wait_until
 
 SMOL = str(resolve(None).path)
 HI = [{"role": "user", "content": "Say hello."}]
@@ -100,8 +101,9 @@ def test_max_loaded_models_and_a_model_in_use_is_kept(started):
             long = asyncio.create_task(
                 client.post(f"{url}/v1/chat/completions", json={"model": "a", "messages": HI, "max_tokens": 300, "logit_bias": NO_END})
             )  # fmt: skip
-            while (await client.get(f"{url}/info")).json()["sequences"]["running"] == 0:
-                await asyncio.sleep(0.05)  # until a (the default model) is generating
+            async with asyncio.timeout(60):  # until a (the default model) is generating
+                while (await client.get(f"{url}/info")).json()["sequences"]["running"] == 0:
+                    await asyncio.sleep(0.05)
             # a is busy: it cannot be unloaded for b, so b is refused as overloaded for now.
             refused = await client.post(
                 f"{url}/v1/chat/completions", json={"model": "b", "messages": HI}
@@ -118,10 +120,7 @@ def test_max_loaded_models_and_a_model_in_use_is_kept(started):
 def test_keep_alive_unloads_an_idle_model(started):
     url = started("--model", f"a={SMOL}", "--model", f"b={SMOL}", "--keep-alive", "1")
     assert ask(url, "b", wait=True).status_code == 200
-    deadline = time.monotonic() + 15
-    while states(url)["b"] != "available":
-        assert time.monotonic() < deadline, states(url)
-        time.sleep(0.2)
+    wait_until(lambda: states(url)["b"] == "available", 30, "keep-alive to unload b")
 
 
 def test_failed_load_reports_its_cause_and_is_retried(started, tmp_path):
@@ -129,17 +128,40 @@ def test_failed_load_reports_its_cause_and_is_retried(started, tmp_path):
     broken.write_bytes(b"GGUF but not really")
     url = started("--model", f"a={SMOL}", "--model", f"bad={broken}", "--load-retry", "1")
     assert ask(url, "bad").status_code == 503  # loading starts
-    deadline = time.monotonic() + 10
-    while states(url)["bad"] != "failed":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: states(url)["bad"] == "failed", 30, "the broken model to fail")
     failed = ask(url, "bad")
     assert failed.status_code == 503 and "failed to load" in failed.json()["error"]
     assert failed.json()["error_type"] == "load_failed" and int(failed.headers["retry-after"]) >= 1
     listed = {m["id"]: m for m in httpx.get(f"{url}/v1/models").json()["data"]}
     assert "could not load" in listed["bad"]["error"]
-    time.sleep(1.2)
-    assert ask(url, "bad").status_code == 503  # after the back-off: loading again
+    # Within the back-off a request gets the failure; after it, one starts loading again.
+    wait_until(lambda: ask(url, "bad").status_code == 503, 30, "the retry after the back-off")
+
+
+def test_wait_for_model_gives_up_after_the_wait_timeout(started, tmp_path):
+    # The model's file is a pipe: its load blocks until the test writes, so it can never be
+    # ready within the wait, however fast the machine.
+    slow = tmp_path / "slow.gguf"
+    os.mkfifo(slow)
+    url = started(
+        "--model", f"a={SMOL}", "--model", f"slow={slow}", "--runner", "llamacpp",
+        "--wait-timeout", "0.5",
+    )  # fmt: skip
+    try:
+        r = ask(url, "slow", wait=True)
+        assert r.status_code == 503, r.text
+        assert r.json()["error_type"] == "loading" and r.json()["estimated_time"] > 0
+        assert r.headers["x-should-retry"] == "false"
+        assert states(url)["slow"] == "loading"
+    finally:
+        _release(slow)
+    wait_until(lambda: states(url)["slow"] == "failed", 30, "the emptied pipe to fail to load")
+
+
+def _release(fifo: Path) -> None:
+    """End the load blocked on the pipe (if it has opened it): it reads an empty file."""
+    with contextlib.suppress(OSError):  # ENXIO: nobody has it open for reading
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
 def test_models_dir_serves_its_gguf_files(started, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from tests.conftest import chat
+from tests.conftest import NO_END, chat
 
 STORY = [{"role": "user", "content": "Write a short story about a cat."}]
 
@@ -68,11 +68,25 @@ def test_stream_never_leaks_part_of_a_stop_string(openai_client, base_url):
 
 def test_n_gives_n_choices_with_their_own_usage(openai_client):
     out = openai_client.chat.completions.create(
-        model="dummy", messages=STORY, max_tokens=6, temperature=1.0, n=3, seed=11
-    )
+        model="dummy", messages=STORY, max_tokens=6, temperature=1.0, n=3, seed=11,
+        logit_bias=NO_END,  # sampled: no choice may end before max_tokens
+    )  # fmt: skip
     assert [c.index for c in out.choices] == [0, 1, 2]
     assert out.usage.completion_tokens == 18
     assert len({c.message.content for c in out.choices}) > 1
+
+
+def test_seeded_n_choices_repeat_and_choice_i_uses_seed_plus_i(openai_client):
+    def choices(seed: int, n: int) -> list[str]:
+        out = openai_client.chat.completions.create(
+            model="dummy", messages=STORY, max_tokens=24, temperature=1.0, n=n, seed=seed
+        )
+        return [c.message.content for c in out.choices]
+
+    first = choices(seed=21, n=3)
+    assert choices(seed=21, n=3) == first
+    assert len(set(first)) > 1  # each choice its own draw
+    assert choices(seed=22, n=1) == first[1:2]
 
 
 def test_n_streams_every_choice(openai_client):

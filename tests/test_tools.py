@@ -191,3 +191,46 @@ def test_tool_errors_are_400(base_url, extra, words):
     assert r.status_code == 400, r.text
     for word in words:
         assert word in r.json()["error"]
+
+
+# Qwen2.5's token ids: its native call marker, and the other starts of a call: a bare `{`, and
+# a fence, ``` then json.
+QWEN_TOOL_CALL, QWEN_BRACE, QWEN_FENCE, QWEN_JSON = 151657, 90, 73594, 2236
+
+
+def test_auto_answers_in_text_when_the_model_writes_text(qwen_url):
+    haiku = [{"role": "user", "content": "Write a haiku about the sea."}]
+    body = post(
+        qwen_url, messages=haiku, tools=TOOLS, max_tokens=30, temperature=0,
+        logit_bias={str(t): -100 for t in (QWEN_TOOL_CALL, QWEN_BRACE, QWEN_FENCE)},
+    )  # fmt: skip
+    choice = body["choices"][0]
+    assert choice["finish_reason"] in ("stop", "length")
+    assert "tool_calls" not in choice["message"] and choice["message"]["content"].strip()
+
+
+# Arguments with no free text, where the bias could put its tokens.
+ENUM_WEATHER = {
+    "type": "object",
+    "properties": {"city": {"enum": ["Paris", "Rome"]}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+ENUM_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": ENUM_WEATHER}}]
+
+
+@pytest.mark.parametrize(
+    "start", [(QWEN_BRACE,), (QWEN_FENCE, QWEN_JSON)], ids=["brace", "json_fence"]
+)
+def test_auto_answer_that_starts_like_a_call_is_held_to_the_grammar(qwen_url, start):
+    """For small talk the bias makes the answer start like a call (and favours those tokens
+    wherever the grammar allows them, arguments included): what follows is a valid call."""
+    bias = {str(t): 100 for t in start} | {str(QWEN_TOOL_CALL): -100}
+    body = post(
+        qwen_url, messages=CHAT, tools=ENUM_TOOLS, max_tokens=120, temperature=0, logit_bias=bias
+    )
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", choice
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    jsonschema.validate(json.loads(call["function"]["arguments"]), ENUM_WEATHER)

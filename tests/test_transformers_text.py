@@ -6,7 +6,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from tests.conftest import SMOLLM2_TRANSFORMERS, SNIPPET_TEXT_MODEL, chat
+import httpx
+
+from tests.conftest import SMOLLM2_TRANSFORMERS, SNIPPET_TEXT_MODEL, STRICT_MODEL, chat
 
 
 def answer(url: str, model: str, text: str, **extra) -> dict:
@@ -60,10 +62,34 @@ def test_a_long_prompt_is_prefilled_in_chunks(vision_url):
     assert body["usage"]["completion_tokens"] == 16
 
 
-def test_smollm2_dequantised_from_its_gguf_answers_in_words(vision_url):
-    body = answer(vision_url, SMOLLM2_TRANSFORMERS, "What is the capital of France?", max_tokens=20)
-    assert "Paris" in body["choices"][0]["message"]["content"]
+def test_smollm2_dequantised_from_its_gguf_agrees_with_llama_cpp(vision_url, base_url):
+    """The same weights read by the other runner: its greedy first token is one llama.cpp also
+    ranks in its top 5 (a broken dequantisation would pick from a vocabulary of 49k)."""
+    question = "What is the capital of France?"
+    body = answer(vision_url, SMOLLM2_TRANSFORMERS, question, max_tokens=1)
+    reference = answer(base_url, "dummy", question, max_tokens=1, logprobs=True, top_logprobs=5)
+    top = reference["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+    assert body["choices"][0]["message"]["content"] in {t["token"] for t in top}, top
+    assert body["usage"]["prompt_tokens"] == reference["usage"]["prompt_tokens"]
     assert "transformers" in body["system_fingerprint"]
     # The next turn reuses the cached prefix of the first.
     again = answer(vision_url, SMOLLM2_TRANSFORMERS, "What is the capital of France?")
     assert again["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+
+
+def test_a_template_that_refuses_the_conversation_is_400(vision_url):
+    """Valid for the API, refused by the model's own template (raise_exception): a 400 that
+    carries the template's message."""
+    alternating = [{"role": "user", "content": "Hi"}]
+    r = httpx.post(
+        f"{vision_url}/v1/chat/completions",
+        json={"model": STRICT_MODEL, "messages": alternating, "max_tokens": 2},
+        headers={"x-wait-for-model": "true"},
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text  # the model is loaded and takes a well-formed chat
+    two_users = [*alternating, {"role": "user", "content": "Hello?"}]
+    r = chat(vision_url, model=STRICT_MODEL, messages=two_users)
+    assert r.status_code == 400, r.text
+    assert r.json()["error_type"] == "validation"
+    assert "roles must alternate" in r.json()["error"]
