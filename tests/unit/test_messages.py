@@ -6,7 +6,7 @@ import pydantic
 import pytest
 
 from chatd.chat.messages import UnsupportedContent, template_messages
-from chatd.server.protocol import Message
+from chatd.protocol.request import Message
 
 PNG_URL = "data:image/png;base64,AAAA"
 PARIS = '{"city": "Paris"}'

@@ -13,9 +13,10 @@ import pytest
 
 from chatd.config import Settings
 from chatd.models import registry as registry_module
+from chatd.models.errors import ModelFailed, ModelLoading, ModelNotFound, NoRoom
 from chatd.models.registry import ModelState, Registry
 from chatd.models.sources import ModelSource
-from chatd.server.errors import ChatdError
+from chatd.server.errors import as_chatd
 
 MB = 2**20
 
@@ -107,9 +108,10 @@ def test_find_by_id_alias_and_the_default_names(tmp_path, loader):
     for name in (None, "", "dummy", "tgi", "gpt-x", "a"):
         assert registry.find(name) is a
     assert registry.find("b") is b
-    with pytest.raises(ChatdError) as raised:
+    with pytest.raises(ModelNotFound) as raised:
         registry.find("nope")
-    assert (raised.value.status, raised.value.error_type) == (404, "not_found")
+    answer = as_chatd(raised.value)
+    assert (answer.status, answer.error_type) == (404, "not_found")
 
 
 def test_a_first_request_starts_the_load_and_gets_503_with_an_estimate(tmp_path, loader):
@@ -118,9 +120,10 @@ def test_a_first_request_starts_the_load_and_gets_503_with_an_estimate(tmp_path,
     assert entry.state is ModelState.AVAILABLE
     loader.held.add("a")
     done = settled(registry, "a")
-    with pytest.raises(ChatdError) as raised:
+    with pytest.raises(ModelLoading) as raised:
         acquire(registry, "a")
-    err = raised.value
+    assert raised.value.estimated_time > 0
+    err = as_chatd(raised.value)
     assert (err.status, err.error_type) == (503, "loading")
     assert err.headers == {"x-should-retry": "false"} and err.extra["estimated_time"] > 0
     assert entry.state is ModelState.LOADING
@@ -148,9 +151,8 @@ def test_waiting_for_the_model_returns_it_once_loaded(tmp_path, loader):
 def test_waiting_gives_up_after_the_wait_timeout(tmp_path, loader):
     registry = make(tmp_path, "a", wait_timeout=0.2)
     loader.held.add("a")
-    with pytest.raises(ChatdError) as raised:
+    with pytest.raises(ModelLoading):
         acquire(registry, "a", wait=True)
-    assert (raised.value.status, raised.value.error_type) == (503, "loading")
     assert registry.entries["a"].state is ModelState.LOADING
     loader.gates["a"].set()
 
@@ -172,15 +174,18 @@ def test_a_failed_load_reports_its_cause_then_is_retried_after_the_back_off(tmp_
     load(registry, "a")
     entry = registry.entries["a"]
     assert entry.state is ModelState.FAILED and "could not load a" in entry.error
-    with pytest.raises(ChatdError) as raised:
+    with pytest.raises(ModelFailed) as raised:
         acquire(registry, "a")
-    assert raised.value.status == 500 and "failed to load: could not load a" in str(raised.value)
+    assert "failed to load: could not load a" in str(raised.value)
+    assert 3500 < raised.value.retry_after <= 3600
+    answer = as_chatd(raised.value)
+    assert (answer.status, answer.error_type) == (503, "load_failed")
+    assert int(answer.headers["retry-after"]) == pytest.approx(raised.value.retry_after, abs=1)
     registry.settings.load_retry = 0  # the back-off has passed
     loader.broken.clear()
     done = settled(registry, "a")
-    with pytest.raises(ChatdError) as raised:
+    with pytest.raises(ModelLoading):
         acquire(registry, "a")  # loading again
-    assert raised.value.status == 503
     assert done.wait(30) and entry.state is ModelState.READY and entry.error is None
 
 
@@ -201,9 +206,11 @@ def test_a_model_in_use_is_never_unloaded(tmp_path, loader):
     registry = make(tmp_path, "a", "b", max_loaded_models=1)
     load(registry, "a")
     acquire(registry, "a")  # leased
-    with pytest.raises(ChatdError) as raised:
+    with pytest.raises(NoRoom) as raised:
         registry.start_loading(registry.entries["b"])
-    assert (raised.value.status, raised.value.error_type) == (503, "overloaded")
+    answer = as_chatd(raised.value)
+    assert (answer.status, answer.error_type) == (503, "overloaded")
+    assert answer.headers["retry-after"] == "5"
     assert registry.entries["a"].state is ModelState.READY
     registry.release(registry.entries["a"])
     load(registry, "b")  # idle now: a makes room
@@ -223,9 +230,10 @@ def test_memory_budget_counts_what_loaded_models_hold(tmp_path, loader):
 
 def test_a_model_larger_than_the_budget_is_refused(tmp_path, loader):
     registry = make(tmp_path, "a", memory_budget=MB // 2)
-    with pytest.raises(ChatdError, match="does not fit") as raised:
+    with pytest.raises(NoRoom, match="does not fit") as raised:
         registry.start_loading(registry.entries["a"])
-    assert raised.value.status == 503
+    assert raised.value.retry_after is None  # it never will
+    assert "retry-after" not in as_chatd(raised.value).headers
     assert registry.entries["a"].state is ModelState.AVAILABLE
 
 

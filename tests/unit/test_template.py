@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from chatd.chat.errors import RequestError
 from chatd.chat.template import CHATML, ChatTemplate, TemplateRenderError
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -81,6 +82,12 @@ def test_the_sandbox_refuses_unsafe_access():
         ChatTemplate("{{ messages.append(1) }}").render(HI)
 
 
-def test_render_errors_are_value_errors():
-    # The server answers every ValueError from building a prompt with a 400.
-    assert issubclass(TemplateRenderError, ValueError)
+def test_python_errors_inside_a_template_become_template_render_errors():
+    """A template's own bug (str + int) is the template's: a 400, not a 500."""
+    with pytest.raises(TemplateRenderError, match="the chat template failed"):
+        ChatTemplate("{{ messages[0].content + 1 }}").render(HI)
+
+
+def test_render_errors_are_request_errors():
+    # The server answers every RequestError from building a prompt with a 400.
+    assert issubclass(TemplateRenderError, RequestError)

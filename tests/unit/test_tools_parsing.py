@@ -59,3 +59,17 @@ def test_forced_stream_holds_everything():
     forced = ToolCallStream(forced=True)
     assert forced.feed("Hello") == ""
     assert forced.finish() == ("Hello", [])
+
+
+def test_a_fenced_call_may_hold_fences_in_its_strings():
+    """Markdown in an argument: a fence inside a JSON string does not close the block."""
+    code = "```py\nprint(1)\n```"
+    text = f'Here:\n```json\n{{"name": "run", "arguments": {{"code": {json.dumps(code)}}}}}\n```'
+    content, calls = parse_tool_calls(text)
+    assert content == "Here:" and names(calls) == [("run", {"code": code})]
+
+
+def test_a_stream_starting_with_a_bracket_is_plain_text():
+    """The stream holds back exactly what the lazy grammar triggers on: '[' is not one."""
+    stream = ToolCallStream(forced=False)
+    assert stream.feed("[1] is a list") == "[1] is a list"

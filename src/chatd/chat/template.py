@@ -6,7 +6,6 @@ import json
 from datetime import datetime
 from typing import Any
 
-from jinja2 import TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -53,5 +52,5 @@ class ChatTemplate:
             )
         except TemplateRenderError:
             raise
-        except TemplateError as exc:
+        except Exception as exc:  # Jinja's errors, and plain Python ones inside the template
             raise TemplateRenderError(f"the chat template failed: {exc}") from exc

@@ -154,7 +154,9 @@ def _token_ref(text: str, tokenizer: Tokenizer) -> str:
 # -- reading the answer ---------------------------------------------------------------------
 
 _NATIVE = re.compile(re.escape(OPEN) + r"\s*(.*?)\s*(?:" + re.escape(CLOSE) + r"|$)", re.S)
-_FENCED = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.S)
+# A fence's JSON may hold ``` inside its strings (Markdown in an argument): only a fence
+# outside a string closes it.
+_FENCED = re.compile(r'```(?:json)?\s*((?:"(?:\\.|[^"\\])*"|[^"`])*?)\s*```', re.S)
 
 
 def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:

@@ -1,7 +1,7 @@
 """Prometheus metrics: one Metrics object per app, each with its own registry, so several apps in
 one process (the tests) never collide on metric names.
 
-The app serves them with `GET /metrics` (see metrics_endpoint); MetricsMiddleware counts every
+The app serves them with `GET /metrics` (server/app.py); MetricsMiddleware counts every
 HTTP request by route template and status.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import (
@@ -21,7 +20,6 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatd.server.auth import route_path
@@ -135,18 +133,6 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type, for the /metrics response."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-def metrics_endpoint(metrics: Metrics) -> Callable[[], Awaitable[Response]]:
-    """A `GET /metrics` endpoint: `app.add_api_route("/metrics", metrics_endpoint(m),
-    methods=["GET"], include_in_schema=False)`."""
-
-    async def get_metrics() -> Response:
-        body, content_type = metrics.render()
-        # Not Response(*metrics.render()): Response's second positional argument is the status.
-        return Response(body, media_type=content_type)
-
-    return get_metrics
 
 
 class MetricsMiddleware:
