@@ -175,7 +175,8 @@ def _pull_with_progress(ref, memory_budget: int = 0) -> Path:
     def planned(plan) -> None:
         nonlocal task
         names = ", ".join(f.path for f in plan.files)
-        console.print(f"{ref.id}: {len(plan.files)} files, {plan.total / 1e6:.1f} MB ({names})")
+        count = f"{len(plan.files)} file{'s' * (len(plan.files) != 1)}"
+        console.print(f"{ref.id}: {count}, {plan.total / 1e6:.1f} MB ({names})", highlight=False)
         task = progress.add_task(ref.id, total=plan.total)
         progress.start()
 

@@ -140,7 +140,9 @@ def download(plan: PullPlan, on_progress: Callable[[int], None] | None = None) -
     """Fetch the plan's files (those not cached yet); `on_progress` gets the bytes on disk
     now and then. Returns the path a runner loads."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import disable_progress_bars
 
+    disable_progress_bars()  # chatd shows its own progress, and /v1/models
     done = threading.Event()
     watcher = None
     if on_progress:
