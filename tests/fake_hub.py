@@ -233,7 +233,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if method == "HEAD":
             return
-        self._send_body(repo, name, path, file, start)
+        try:
+            self._send_body(repo, name, path, file, start)
+        except ConnectionError:  # the client went away (a chatd stopped mid-download)
+            self.close_connection = True
 
     def _send_body(self, repo: Repo, name: str, path: str, file: HubFile, start: int) -> None:
         drop_at = self.hub.drop_once.pop((name, path), None)

@@ -85,6 +85,16 @@ class ModelEntry:
             return ModelFailed(f"Model {self.id} failed to load: {self.error}", round(wait, 1))
         return ModelLoading(f"Model {self.id} is currently loading", self.estimated_time())
 
+    def estimated_time(self) -> float:
+        """Seconds left, from the elapsed time and the fraction loaded so far (downloading:
+        the bytes left at the measured rate, plus the load)."""
+        if self.state is ModelState.DOWNLOADING and self.download:
+            return round(self.download.seconds_left() + self.footprint / LOAD_BYTES_PER_SECOND, 1)
+        elapsed = time.monotonic() - self.load_started
+        if self.progress <= 0.01:
+            return round(max(1.0, elapsed), 1)
+        return round(max(0.1, elapsed * (1 - self.progress) / self.progress), 1)
+
 
 @dataclass(eq=False)
 class Download:
@@ -104,16 +114,6 @@ class Download:
         elapsed = time.monotonic() - self.started
         rate = self.done / elapsed if self.done and elapsed > 0.5 else 10e6
         return max(1.0, (self.total - self.done) / rate)
-
-    def estimated_time(self) -> float:
-        """Seconds left, from the elapsed time and the fraction loaded so far (downloading:
-        the bytes left at the measured rate, plus the load)."""
-        if self.state is ModelState.DOWNLOADING and self.download:
-            return round(self.download.seconds_left() + self.footprint / LOAD_BYTES_PER_SECOND, 1)
-        elapsed = time.monotonic() - self.load_started
-        if self.progress <= 0.01:
-            return round(max(1.0, elapsed), 1)
-        return round(max(0.1, elapsed * (1 - self.progress) / self.progress), 1)
 
 
 class Registry:
