@@ -16,6 +16,8 @@ import httpx
 import pytest
 import uvicorn
 
+from chatd.models.sources import SMOLLM2_ID
+
 # The seed's snippets name these models: the main test server serves the default model under the
 # text one; the vision server serves tiny random models of both architectures under both.
 SNIPPET_TEXT_MODEL = "google/gemma-2-2b-it"
@@ -37,7 +39,9 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"chatd-test-{self.port}.log"
-        cmd = [sys.executable, "-m", "chatd", "serve", "--port", str(self.port), *args]
+        # Tests name their model: SmolLM2 unless they give one (not serve's default, Qwen).
+        model = [] if "--model" in args else ["--model", SMOLLM2_ID]
+        cmd = [sys.executable, "-m", "chatd", "serve", "--port", str(self.port), *model, *args]
         self._log_file = self.log.open("w")
         self.proc = subprocess.Popen(
             cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
