@@ -229,7 +229,8 @@ def pulling(hub, cache_home):
     """Pulls on demand (acme/* only), within a 1 GB budget; its default model is pulled at
     start and also answers to the name the seed's snippet uses."""
     srv = Server(
-        "--model", SERVED_BY, "--alias", f"{SNIPPET_MODEL}={SERVED_BY}", "--pull-allow", "acme/*",
+        "--model", SERVED_BY, "--alias", f"{SNIPPET_MODEL}={SERVED_BY}",
+        "--pull", "auto", "--pull-allow", "acme/*",
         "--memory-budget", "1GB", "--cache-url", "off", "--parallel", "4", "--ctx", "1024",
         env=hub_env(hub, cache_home),
     )  # fmt: skip
@@ -243,7 +244,7 @@ def pulling(hub, cache_home):
 @pytest.fixture(scope="module")
 def keyed(hub, cache_home):
     srv = Server(
-        "--model", SMOLLM2_ID, "--api-key", KEY, "--cache-url", "off",
+        "--model", SMOLLM2_ID, "--pull", "auto", "--api-key", KEY, "--cache-url", "off",
         env=hub_env(hub, cache_home),
     )  # fmt: skip
     try:
