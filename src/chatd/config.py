@@ -120,10 +120,10 @@ class ModelSettings(BaseModel):
     model_config = ConfigDict(title="Models")
 
     # The first model is the default, loaded at start; the others load on first use.
-    models: Annotated[list[str], Flag("model", "PATH|ID|ID=PATH")] = Field(
+    models: Annotated[list[str], Flag("model", "PATH|ID|ID=PATH|ORG/NAME[:QUANT]")] = Field(
         default_factory=list,
-        description="GGUF path, packaged id or ID=PATH (repeatable; the first is the default; "
-        "none: the packaged default)",
+        description="GGUF path, packaged id, ID=PATH, or a Hub id, pulled before serving "
+        "(repeatable; the first is the default; none: the packaged default)",
     )
     models_dir: UserPath | None = Field(
         None, description="serve the GGUF files and HF folders in this folder"

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from chatd.config import SettingsError, load_settings
 from chatd.models.errors import ModelNotFound, NoDisk, NoWeights, PullRefused
 from chatd.models.hub import HubRef, RemoteFile, choose_files, is_hub_id
 from chatd.models.pull import PullPlan, check_room, may_pull
@@ -160,3 +163,20 @@ def test_budget_and_disk_are_checked_before_any_byte(tmp_path, monkeypatch):
 def test_pull_errors_have_statuses(error, status, kind):
     answer = as_chatd(error)
     assert (answer.status, answer.error_type) == (status, kind)
+
+
+def test_settings_of_pulling_are_checked(monkeypatch):
+    monkeypatch.delenv("CHATD_PULL_ALLOW", raising=False)
+    settings = load_settings(
+        {"aliases": ["x", "google/gemma-2-2b-it=bartowski/gemma-2-2b-it-GGUF:Q4_K_M"],
+         "pull_allow_patterns": ["google/*", "bartowski/*"]}
+    )  # fmt: skip
+    assert (settings.pull, settings.pull_allow_patterns) == ("auto", ["google/*", "bartowski/*"])
+    for given, problem in [
+        ({"aliases": ["=x"]}, "--alias: an alias is NAME or NAME=ID, not '=x'"),
+        ({"aliases": ["x="]}, "--alias: an alias is NAME or NAME=ID, not 'x='"),
+        ({"pull_allow_patterns": ["a b"]}, "--pull-allow: a pattern matches ORG/NAME"),
+        ({"pull": "sometimes"}, "--pull: Input should be 'auto' or 'never'"),
+    ]:
+        with pytest.raises(SettingsError, match=re.escape(problem)):
+            load_settings(given)
