@@ -3,7 +3,7 @@ questions through a real chatd (at the temperature a client gets by default, 1.0
 and its decode speed is measured on one stream. The answers are printed for a person to judge
 right or wrong; nothing is asserted. Speeds on a shared machine are rough: say how busy it was.
 
-    python -m benchmarks.default_model [--model ID ...] [--seeds 3]
+    python -m benchmarks.default_model [--model ID ...] [--seeds 3] [--speed-only]
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def ask(url: str, question: str, temperature: float, seed: int) -> tuple[str, in
 
 
 def speed(url: str) -> float:
-    """Tokens per second of one stream decoding 128 tokens (end of turn banned)."""
+    """Tokens per second of one stream asked for a long answer (128 tokens at most), time to
+    first token included."""
     body = {
         "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse."}],
         "max_tokens": 128,
@@ -62,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", default=None)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--speed-only", action="store_true", help="skip the questions")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}")
     for model in args.model or [SMOLLM2_ID, QWEN_ID]:
@@ -69,7 +71,7 @@ def main() -> None:
         try:
             srv.wait_ready(timeout=600)
             print(f"\n## {model}")
-            for question in QUESTIONS:
+            for question in [] if args.speed_only else QUESTIONS:
                 greedy, _, _ = ask(srv.url, question, 0.0, 0)
                 print(f"- {question}\n  greedy: {greedy!r}")
                 for seed in range(args.seeds):

@@ -51,6 +51,7 @@ def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("fake-hub")
     tiny = build("llama", root / "tiny-llama")
     tiny_files = {p.name: HubFile(p) for p in sorted(tiny.iterdir()) if p.is_file()}
+    llava = build("llava", root / "tiny-llava")
     parts = [os.urandom(1_500_000), os.urandom(1_000_000)]
     fake = FakeHub(
         {
@@ -67,6 +68,10 @@ def hub(tmp_path_factory):
             "acme/tiny-llama": Repo(
                 {**tiny_files, **{k: HubFile(v) for k, v in TINY_EXTRAS.items()}},
                 bytes_per_second=4e6,
+            ),
+            "acme/tiny-llava": Repo(
+                {p.name: HubFile(p) for p in llava.iterdir() if p.is_file()}
+                | {"tf_model.h5": HubFile(b"tf")}
             ),
             "acme/flaky-GGUF": Repo({
                 "flaky-Q4_K_M-00001-of-00002.gguf": HubFile(os.urandom(24_000_000)),
@@ -151,6 +156,14 @@ def test_pull_of_a_transformers_repo_takes_safetensors_only(hub, tmp_path):
     assert not got & set(TINY_EXTRAS)
 
 
+def test_pull_of_a_vision_model_takes_its_processor_files_too(hub, tmp_path):
+    out = chatd_pull(hub, tmp_path, "acme/tiny-llava")
+    assert out.returncode == 0, out.stderr
+    built = set(hub.repos["acme/tiny-llava"].files) - {"tf_model.h5"}
+    assert snapshot_files(tmp_path, "acme/tiny-llava") == built
+    assert {"preprocessor_config.json", "model.safetensors"} <= built
+
+
 def test_pull_resumes_a_file_whose_connection_dropped(hub, tmp_path):
     repo, name = "acme/flaky-GGUF", "flaky-Q4_K_M-00001-of-00002.gguf"
     hub.drop_once[(repo, name)] = 15_000_000
@@ -232,7 +245,7 @@ def pulling(hub, cache_home):
         "--model", SERVED_BY, "--alias", f"{SNIPPET_MODEL}={SERVED_BY}",
         "--pull", "auto", "--pull-allow", "acme/*",
         "--memory-budget", "1GB", "--cache-url", "off", "--parallel", "4", "--ctx", "1024",
-        env=hub_env(hub, cache_home),
+        "--load-retry", "1", env=hub_env(hub, cache_home),
     )  # fmt: skip
     try:
         srv.wait_ready(timeout=300)
@@ -361,6 +374,28 @@ def test_refused_pulls_are_clear_and_fetch_nothing(
         assert len(hub.requests(model)) == before_any  # not even asked
     assert model not in models(pulling)
     assert not (cache_home / "hub" / f"models--{model.replace('/', '--')}").exists()
+
+
+def test_a_failed_download_shows_why_and_the_retry_fetches_only_what_is_missing(pulling, hub):
+    repo, bad = "acme/flaky-GGUF", "flaky-Q4_K_M-00002-of-00002.gguf"
+    hub.failing.add((repo, bad))
+    try:
+        failed = ask(pulling, repo, wait=True)
+    finally:
+        hub.failing.discard((repo, bad))
+    assert failed.status_code == 503 and failed.json()["error_type"] == "load_failed"
+    row = models(pulling)[repo]
+    assert row["state"] == "failed" and "the Hub failed (HTTP 500)" in row["error"]
+    before = len(hub.fetched(repo))
+    deadline = time.monotonic() + 60
+    # After --load-retry (1 s), a request starts the download again.
+    while (again := ask(pulling, repo)).json()["error_type"] == "load_failed":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert again.status_code == 503 and again.json()["error_type"] == "loading"
+    while models(pulling)[repo]["state"] == "downloading" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hub.fetched(repo)[before:] == [bad]
 
 
 def test_only_an_authenticated_request_triggers_a_pull(keyed, hub):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from chatd.models.errors import ModelNotFound, NoDisk, NoWeights, PullRefused
+from chatd.models.errors import ModelFailed, ModelNotFound, NoDisk, NoWeights, PullRefused
 from chatd.models.hub import HubRef, RemoteFile, choose_files
 
 # How often the bytes on disk are measured while a download runs (seconds).
@@ -182,6 +182,7 @@ def hub_errors(ref: HubRef) -> Iterator[None]:
     not by status, since the Hub answers 401 for a private or missing repo alike."""
     from huggingface_hub.errors import (
         GatedRepoError,
+        HfHubHTTPError,
         RemoteEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -205,6 +206,10 @@ def hub_errors(ref: HubRef) -> Iterator[None]:
         ) from None
     except RemoteEntryNotFoundError as exc:
         raise ModelNotFound(f"Model {ref.repo_id}: a file is missing on the Hub ({exc})") from None
+    except HfHubHTTPError as exc:  # the Hub is down or overloaded: worth another try later
+        raise ModelFailed(
+            f"Model {ref.repo_id}: the Hub failed ({_status(exc)})", retry_after=30
+        ) from None
 
 
 def _check_access(plan: PullPlan, commit: str | None) -> None:
