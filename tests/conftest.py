@@ -18,6 +18,8 @@ import httpx
 import pytest
 import uvicorn
 
+from chatd.models.sources import SMOLLM2_ID
+
 # The seed's snippets name these models: the main test server serves the default model under the
 # text one; the vision server serves tiny random models of both architectures under both.
 SNIPPET_TEXT_MODEL = "google/gemma-2-2b-it"
@@ -40,7 +42,12 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"chatd-test-{self.port}.log"
-        cmd = [sys.executable, "-m", "chatd", "serve", "--port", str(self.port), *args]
+        # Tests name their model: SmolLM2 unless they give one (not serve's default, Qwen).
+        # And they never reach the real Hub: --pull never unless they say (test_hub.py).
+        model = [] if "--model" in args else ["--model", SMOLLM2_ID]
+        pull = [] if "--pull" in args else ["--pull", "never"]
+        cmd = [sys.executable, "-m", "chatd", "serve", "--port", str(self.port), *model, *pull]
+        cmd += args
         self._log_file = self.log.open("w")
         self.proc = subprocess.Popen(
             cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}

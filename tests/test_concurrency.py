@@ -8,7 +8,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
-from chatd.models.sources import DEFAULT_MODEL_ID
+from chatd.models.sources import SMOLLM2_ID
 from tests.conftest import NO_END, PARALLEL, idle, sampled_tokens, wait_until
 
 PROMPTS = [
@@ -88,7 +88,7 @@ def test_disconnected_streams_free_their_slots(base_url):
         "stream": True,
         "logit_bias": NO_END,
     }
-    before = sampled_tokens(base_url, DEFAULT_MODEL_ID)
+    before = sampled_tokens(base_url, SMOLLM2_ID)
 
     async def open_and_drop():
         async with httpx.AsyncClient(timeout=60) as client:
@@ -101,7 +101,7 @@ def test_disconnected_streams_free_their_slots(base_url):
     asyncio.run(open_and_drop())
     wait_until(lambda: idle(base_url), 300, "the dropped streams' slots to be free")
     # Run to the end, they would have sampled PARALLEL * MAX_TOKENS tokens.
-    assert sampled_tokens(base_url, DEFAULT_MODEL_ID) - before < PARALLEL * MAX_TOKENS / 2
+    assert sampled_tokens(base_url, SMOLLM2_ID) - before < PARALLEL * MAX_TOKENS / 2
     r = httpx.post(
         f"{base_url}/v1/chat/completions",
         json={"messages": messages("Hi"), "max_tokens": 4, "logit_bias": NO_END},
@@ -112,19 +112,19 @@ def test_disconnected_streams_free_their_slots(base_url):
 
 def test_non_stream_client_that_leaves_frees_its_slot(base_url):
     body = {"messages": messages(PROMPTS[0]), "max_tokens": MAX_TOKENS, "logit_bias": NO_END}
-    before = sampled_tokens(base_url, DEFAULT_MODEL_ID)
+    before = sampled_tokens(base_url, SMOLLM2_ID)
 
     async def leave_once_generating():
         async with httpx.AsyncClient(timeout=60) as client:
             request = asyncio.create_task(client.post(f"{base_url}/v1/chat/completions", json=body))
-            while sampled_tokens(base_url, DEFAULT_MODEL_ID) == before:
+            while sampled_tokens(base_url, SMOLLM2_ID) == before:
                 assert not request.done(), request.result().text
                 await asyncio.sleep(0.02)
             request.cancel()  # the client hangs up mid-generation
 
     asyncio.run(asyncio.wait_for(leave_once_generating(), 120))
     wait_until(lambda: idle(base_url), 300, "the slot of the client that left to be free")
-    assert sampled_tokens(base_url, DEFAULT_MODEL_ID) - before < MAX_TOKENS / 2
+    assert sampled_tokens(base_url, SMOLLM2_ID) - before < MAX_TOKENS / 2
 
 
 def test_next_turn_reuses_the_cached_prefix(base_url):

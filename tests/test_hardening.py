@@ -201,20 +201,23 @@ def _settings():
 
 
 def _read_response(sock: socket.socket) -> bytes:
-    """One HTTP/1.1 response with a content-length, read whole."""
+    """One HTTP/1.1 response with a content-length, read whole; fails if the server closes
+    the connection first."""
     data = b""
+
+    def more() -> bytes:
+        chunk = sock.recv(65536)
+        if not chunk:
+            pytest.fail(f"the server closed the connection; it had sent {data[:200]!r}")
+        return chunk
+
     while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
+        data += more()
     head, _, rest = data.partition(b"\r\n\r\n")
-    length = int(
-        next(
-            v
-            for k, v in (line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
-            if k.lower() == b"content-length"
-        )  # fmt: skip
-    )
+    fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    length = int({k.lower(): v for k, v in fields.items()}[b"content-length"])
     while len(rest) < length:
-        rest += sock.recv(65536)
+        rest += more()
     return head + b"\r\n\r\n" + rest
 
 

@@ -14,10 +14,10 @@ import huggingface_hub
 import openai
 import pytest
 
-from chatd.models.sources import DEFAULT_MODEL_ID, ModelSource, resolve
+from chatd.models.sources import SMOLLM2_ID, ModelSource, resolve
 from tests.conftest import NO_END, Server, wait_until
 
-SMOL = str(resolve(None).path)
+SMOL = str(resolve(SMOLLM2_ID).path)
 HI = [{"role": "user", "content": "Say hello."}]
 
 
@@ -52,7 +52,7 @@ def test_loading_503_then_wait_for_model_serves(started, tmp_path):
         "a": "ready",
         "b": "available",
         "Qwen/Qwen2.5-Coder-0.5B-Instruct": "available",
-    } | {DEFAULT_MODEL_ID: "available"}
+    } | {SMOLLM2_ID: "available"}
     first = ask(url, "b")
     assert first.status_code == 503
     assert first.json()["error"] == "Model b is currently loading"
@@ -81,7 +81,7 @@ def test_clients_see_the_loading_state(started):
 
 def test_lru_model_is_unloaded_under_a_memory_budget(started):
     # Room for two copies, not three (a small KV cache: weights are most of each).
-    budget = str(int(2.5 * resolve(None).size))
+    budget = str(int(2.5 * resolve(SMOLLM2_ID).size))
     url = started(
         "--model", f"a={SMOL}", "--model", f"b={SMOL}", "--model", f"c={SMOL}",
         "--memory-budget", budget, "--parallel", "1", "--ctx", "256",

@@ -85,9 +85,9 @@ def serving(*args: str) -> Iterator[str]:
 
 def same_gguf_as(*ids: str) -> list[str]:
     """`--model` options serving the default GGUF under each id; each loads on first use."""
-    from chatd.models.sources import resolve
+    from chatd.models.sources import SMOLLM2_ID, resolve
 
-    path = str(resolve(None).path)
+    path = str(resolve(SMOLLM2_ID).path)
     return [arg for model_id in ids for arg in ("--model", f"{model_id}={path}")]
 
 

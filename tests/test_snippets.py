@@ -6,7 +6,7 @@ import huggingface_hub
 import openai
 import pytest
 
-from chatd.models.sources import DEFAULT_MODEL_ID
+from chatd.models.sources import SMOLLM2_ID
 from tests.conftest import SNIPPET_TEXT_MODEL
 
 TEXT_MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -61,13 +61,13 @@ def test_image_snippets_get_a_clear_400_from_a_text_model(base_url):
     hf = huggingface_hub.InferenceClient(base_url=f"{base_url}/v1/", api_key="hf_***")
     with pytest.raises(huggingface_hub.errors.BadRequestError, match="does not take images"):
         for _ in hf.chat.completions.create(
-            model=DEFAULT_MODEL_ID, messages=IMAGE_MESSAGES, max_tokens=500, stream=True
+            model=SMOLLM2_ID, messages=IMAGE_MESSAGES, max_tokens=500, stream=True
         ):
             pass
     oa = openai.OpenAI(base_url=f"{base_url}/v1/", api_key="hf_***")
     with pytest.raises(openai.BadRequestError) as raised:
         oa.chat.completions.create(
-            model=DEFAULT_MODEL_ID, messages=IMAGE_MESSAGES, max_tokens=500, stream=True
+            model=SMOLLM2_ID, messages=IMAGE_MESSAGES, max_tokens=500, stream=True
         )
     # OpenAI keeps an HF error's message (a string under "error") as the exception's body.
     assert "does not take images" in raised.value.body

@@ -1,4 +1,4 @@
-"""`chatd serve | chat | models`. The options of `serve` and `models` are built from the
+"""`chatd serve | chat | models | pull`. The options of `serve` and `models` are built from the
 fields of config.Settings, which also reads them from the environment and a TOML file."""
 
 from __future__ import annotations
@@ -7,11 +7,19 @@ import inspect
 import json
 import logging
 import typing
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from chatd.config import SECTIONS, Settings, SettingsError, flag_of, load_settings
@@ -112,7 +120,8 @@ def serve(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        found = sources.discover(settings.models, settings.models_dir, settings.cache_dir)
+        specs = [_pulled(spec, settings) for spec in settings.models]
+        found = sources.discover(specs, settings.models_dir, settings.cache_dir)
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
@@ -125,6 +134,80 @@ def serve(
     _show_load_progress(registry)
     registry.start_loading(registry.default)
     http.serve(app_, settings)
+
+
+def _pulled(spec: str, settings: Settings) -> str:
+    """A --model naming a Hub model (`org/name[:QUANT]`, not a packaged id or a path) as
+    ID=PATH once pulled: from the cache, or downloaded before serving (--pull never: the
+    cache only)."""
+    from chatd.models import pull
+    from chatd.models.hub import HubRef, is_hub_id
+    from chatd.models.sources import packaged_models
+
+    packaged = {s.id for s in packaged_models(settings.cache_dir)}
+    if "=" in spec or spec in packaged or not is_hub_id(spec) or Path(spec).exists():
+        return spec
+    ref = HubRef.parse(spec)
+    path = pull.local_path(ref)
+    if path is None and settings.pull == "never":
+        raise FileNotFoundError(f"{spec} is not in the Hugging Face cache (and --pull is never)")
+    if path is None:
+        path = _pull_with_progress(ref, settings.memory_budget)
+    return f"{ref.id}={path}"
+
+
+def _pull_with_progress(ref, memory_budget: int = 0) -> Path:
+    """Download with a progress bar, the total size shown up front; a refusal ends the
+    command with its reason (exit 1)."""
+    from chatd.models import errors, pull
+
+    progress = Progress(
+        TextColumn("pulling [bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    task = None
+
+    def planned(plan) -> None:
+        nonlocal task
+        names = ", ".join(f.path for f in plan.files)
+        count = f"{len(plan.files)} file{'s' * (len(plan.files) != 1)}"
+        console.print(f"{ref.id}: {count}, {plan.total / 1e6:.1f} MB ({names})", highlight=False)
+        task = progress.add_task(ref.id, total=plan.total)
+        progress.start()
+
+    try:
+        return pull.pull(
+            ref, memory_budget, planned, lambda done: progress.update(task, completed=done)
+        )
+    except (errors.ModelNotFound, errors.PullRefused, errors.NoWeights, errors.NoDisk) as exc:
+        message = str(exc)
+    except Exception as exc:  # the Hub failed mid-way: say so, without a traceback
+        message = f"{ref.id}: download failed: {exc}"
+    finally:
+        progress.stop()
+    console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@app.command("pull")
+def pull_command(
+    model: Annotated[str, typer.Argument(help="ORG/NAME or ORG/NAME:QUANT (a GGUF repo)")],
+    revision: Annotated[str | None, typer.Option(help="branch, tag or commit")] = None,
+):
+    """Download a model from the Hugging Face Hub into its cache (HF_HOME, HF_TOKEN,
+    HF_ENDPOINT and HF_HUB_OFFLINE apply); prints the path chatd serves it from."""
+    from chatd.models.hub import HubRef
+
+    try:
+        ref = HubRef.parse(model, revision)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    typer.echo(_pull_with_progress(ref))
 
 
 def _show_load_progress(registry) -> None:

@@ -89,6 +89,21 @@ Seconds = Annotated[float, Field(ge=0), Flag(metavar="SECONDS")]
 UserPath = Annotated[Path, AfterValidator(Path.expanduser)]  # "~/x" in a file or quoted flag
 
 
+def _check_aliases(aliases: list[str]) -> list[str]:
+    for alias in aliases:
+        name, sep, target = alias.partition("=")
+        if not name.strip() or (sep and not target.strip()):
+            raise ValueError(f"an alias is NAME or NAME=ID, not {alias!r}")
+    return aliases
+
+
+def _check_patterns(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        if not pattern.strip() or any(c.isspace() for c in pattern):
+            raise ValueError(f"a pattern matches ORG/NAME, like 'google/*', not {pattern!r}")
+    return patterns
+
+
 class ServerSettings(BaseModel):
     model_config = ConfigDict(title="Server")
 
@@ -127,16 +142,20 @@ class ModelSettings(BaseModel):
     model_config = ConfigDict(title="Models")
 
     # The first model is the default, loaded at start; the others load on first use.
-    models: Annotated[list[str], Flag("model", "PATH|ID|ID=PATH")] = Field(
+    models: Annotated[list[str], Flag("model", "PATH|ID|ID=PATH|ORG/NAME[:QUANT]")] = Field(
         default_factory=list,
-        description="GGUF path, packaged id or ID=PATH (repeatable; the first is the default; "
-        "none: the packaged default)",
+        description="GGUF path, packaged id, ID=PATH, or a Hub id, pulled before serving "
+        "(repeatable; the first is the default; none: the packaged default)",
     )
     models_dir: UserPath | None = Field(
         None, description="serve the GGUF files and HF folders in this folder"
     )
-    aliases: Annotated[list[str], Flag("alias", "NAME")] = Field(
-        default_factory=list, description="another name for the default model (repeatable)"
+    aliases: Annotated[list[str], Flag("alias", "NAME|NAME=ID"), AfterValidator(_check_aliases)] = (
+        Field(
+            default_factory=list,
+            description="another name for the default model, or NAME=ID for any model, a Hub "
+            "id too (repeatable)",
+        )
     )
     # auto = llama.cpp for GGUF files (transformers, dequantising, if llama.cpp cannot read
     # one), transformers for Hugging Face folders.
@@ -150,6 +169,22 @@ class ModelSettings(BaseModel):
         "auto", description="transformers runner: auto = bfloat16 on CUDA, float32 on the CPU"
     )
     threads: int | None = Field(None, ge=1, description="CPU threads per model (default: all)")
+
+
+class PullSettings(BaseModel):
+    model_config = ConfigDict(title="Pulling from the Hugging Face Hub")
+
+    # auto: a request naming `org/name[:QUANT]` that is not on disk downloads it (HF_TOKEN,
+    # HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE as huggingface_hub reads them).
+    pull: Literal["auto", "never"] = Field(
+        "auto", description="auto: download a Hub model a request names; never: serve what is here"
+    )
+    pull_allow_patterns: Annotated[
+        list[str], Flag("pull-allow", "PATTERN"), AfterValidator(_check_patterns)
+    ] = Field(
+        default_factory=list,
+        description="Hub ids requests may pull, fnmatch, e.g. 'google/*' (repeatable; none: any)",
+    )
 
 
 class BatchSettings(BaseModel):
@@ -231,6 +266,7 @@ class Settings(
     CacheSettings,
     ResidencySettings,
     BatchSettings,
+    PullSettings,
     ModelSettings,
     LimitSettings,
     ServerSettings,

@@ -40,3 +40,16 @@ class NoRoom(Exception):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+class PullRefused(Exception):
+    """This server will not download the model: outside --pull-allow, larger than
+    --memory-budget, or gated or private on the Hub without a token that opens it."""
+
+
+class NoWeights(Exception):
+    """The Hub repo holds nothing chatd can load (no GGUF, no safetensors or PyTorch weights)."""
+
+
+class NoDisk(Exception):
+    """Not enough free disk in the Hugging Face cache for the download."""

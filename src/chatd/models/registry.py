@@ -1,9 +1,13 @@
-"""The served models by id, and their states: available -> loading -> ready | failed.
+"""The served models by id, and their states: (downloading ->) available -> loading -> ready |
+failed.
 
-A model loads in a background thread on first use (the default one at start). Until it is
-ready a request gets 503 with an `estimated_time` worked out from the load's measured
-progress, or, with `x-wait-for-model: true`, waits for it. Loading makes room first: the
-least recently used idle model is unloaded while --max-loaded-models or --memory-budget
+A model loads in a background thread on first use (the default one at start). A request
+naming a Hugging Face Hub id (`org/name[:QUANT]`) that is not on disk starts its download
+first (--pull, --pull-allow, models/pull.py), checked against the budget and the free disk
+before any byte; one download serves every request that asks meanwhile. Until the model is
+ready a request gets 503 with an `estimated_time` worked out from the measured download rate
+and load progress, or, with `x-wait-for-model: true`, waits for it. Loading makes room first:
+the least recently used idle model is unloaded while --max-loaded-models or --memory-budget
 would be exceeded; --keep-alive unloads models idle for longer.
 """
 
@@ -18,7 +22,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from chatd.config import Settings
+from chatd.models import pull
 from chatd.models.errors import ModelFailed, ModelLoading, ModelNotFound, NoRoom
+from chatd.models.hub import HubRef, is_hub_id
 from chatd.models.loader import LoadedModel, load_model
 from chatd.models.sources import ModelSource, from_hf_cache
 from chatd.protocol.echo import echo
@@ -29,7 +35,13 @@ log = logging.getLogger(__name__)
 DEFAULT_NAMES = {"", "dummy", "tgi"}
 
 
+# A first guess at load speed, for the estimated_time of a model still downloading: llama.cpp
+# maps a GGUF in well under a second; transformers takes longer (dequantising, float32).
+LOAD_BYTES_PER_SECOND = 200e6
+
+
 class ModelState(StrEnum):
+    DOWNLOADING = "downloading"
     AVAILABLE = "available"
     LOADING = "loading"
     READY = "ready"
@@ -48,6 +60,7 @@ class ModelEntry:
     loaded: LoadedModel | None = None
     last_used: float = 0.0
     leases: int = 0  # requests holding the model; it is never unloaded under them
+    download: Download | None = None  # set while (and after) it is pulled from the Hub
 
     @property
     def id(self) -> str:
@@ -62,7 +75,9 @@ class ModelEntry:
         """Bytes it takes (or will take) in memory, for --memory-budget: what the runner
         holds once loaded (weights and KV cache; a dequantised GGUF is several times its
         file), the file's size before."""
-        return self.loaded.engine.runner.memory_bytes if self.loaded else self.source.size
+        if self.loaded:
+            return self.loaded.engine.runner.memory_bytes
+        return self.download.total if self.download else self.source.size
 
     def not_ready(self, retry_after: float) -> ModelLoading | ModelFailed:
         """Why it cannot answer now: the same for a request and for /health."""
@@ -72,11 +87,34 @@ class ModelEntry:
         return ModelLoading(f"Model {self.id} is currently loading", self.estimated_time())
 
     def estimated_time(self) -> float:
-        """Seconds left, from the elapsed time and the fraction loaded so far."""
+        """Seconds left, from the elapsed time and the fraction loaded so far (downloading:
+        the bytes left at the measured rate, plus the load)."""
+        if self.state is ModelState.DOWNLOADING and self.download:
+            return round(self.download.seconds_left() + self.footprint / LOAD_BYTES_PER_SECOND, 1)
         elapsed = time.monotonic() - self.load_started
         if self.progress <= 0.01:
             return round(max(1.0, elapsed), 1)
         return round(max(0.1, elapsed * (1 - self.progress) / self.progress), 1)
+
+
+@dataclass(eq=False)
+class Download:
+    """A pull under way (or done): its plan and the bytes on disk so far."""
+
+    plan: pull.PullPlan
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.plan.total
+
+    def seconds_left(self) -> float:
+        """The bytes left at the rate measured so far (a guess of 10 MB/s before any byte)."""
+        elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed if self.done and elapsed > 0.5 else 10e6
+        return max(1.0, (self.total - self.done) / rate)
 
 
 class Registry:
@@ -84,7 +122,12 @@ class Registry:
         self.settings = settings
         self.entries = {s.id: ModelEntry(s) for s in sources}
         self.default = self.entries[sources[0].id]
-        self.default.aliases |= set(settings.aliases)
+        # --alias NAME names the default; --alias NAME=ID any model, a Hub id too.
+        self.alias_targets = dict(a.split("=", 1) for a in settings.aliases if "=" in a)
+        self.default.aliases |= {a for a in settings.aliases if "=" not in a}
+        for alias, target in self.alias_targets.items():
+            if target in self.entries:
+                self.entries[target].aliases.add(alias)
         self.listeners: list[Callable[[ModelEntry], None]] = []  # progress and state changes
 
     def find(self, name: str | None) -> ModelEntry:
@@ -92,14 +135,64 @@ class Registry:
         the default for none, `dummy` or `tgi`."""
         if name is None or name in DEFAULT_NAMES:
             return self.default
+        target = self.alias_targets.get(name, name)
         for entry in self.entries.values():
-            if name == entry.id or name in entry.aliases:
+            if target == entry.id or name in entry.aliases:
                 return entry
-        source = from_hf_cache(name) if name.count("/") == 1 else None
-        if source is None:
+        if not is_hub_id(target):
             raise ModelNotFound(f"Model {echo(name)} is not served here")
-        self.entries[name] = entry = ModelEntry(source)
+        ref = HubRef.parse(target)
+        if ref.id != target:  # the same model, its quantisation spelt in another case
+            return self.find(ref.id)
+        entry = self._from_cache(ref) or self._start_pull(ref)
+        entry.aliases |= {alias for alias, to in self.alias_targets.items() if to == target}
+        self.entries[ref.id] = entry
         return entry
+
+    def _from_cache(self, ref: HubRef) -> ModelEntry | None:
+        """The model from the local Hugging Face cache, without the network."""
+        path = pull.local_path(ref)
+        source = ModelSource(ref.id, path) if path else from_hf_cache(ref.id)
+        return ModelEntry(source) if source else None
+
+    def _start_pull(self, ref: HubRef) -> ModelEntry:
+        """A new entry downloading `ref` in the background. Blocks for the Hub's metadata (one
+        listing and one HEAD) and raises, holding nothing, if the model may not or cannot be
+        pulled. Called on the event loop's thread only, so one download per model."""
+        s = self.settings
+        pull.may_pull(ref.repo_id, s.pull, s.pull_allow_patterns)
+        plan = pull.plan_pull(ref)
+        pull.check_room(plan, s.memory_budget)
+        entry = ModelEntry(ModelSource(ref.id, pull.cache_root()), download=Download(plan))
+        self._download(entry)
+        return entry
+
+    def _download(self, entry: ModelEntry) -> None:
+        entry.state, entry.error = ModelState.DOWNLOADING, None
+        entry.download = Download(entry.download.plan)
+        self._notify(entry)
+        threading.Thread(target=self._fetch, args=(entry,), daemon=True).start()
+
+    def _fetch(self, entry: ModelEntry) -> None:
+        def progress(done: int) -> None:
+            entry.download.done = done
+            self._notify(entry)
+
+        try:
+            path = pull.download(entry.download.plan, progress)
+        except Exception as exc:
+            log.exception("model %s failed to download", entry.id)
+            entry.state, entry.error = ModelState.FAILED, f"download failed: {exc}"
+            entry.failed_at = time.monotonic()
+            self._notify(entry)
+            return
+        entry.source, entry.download.finished = ModelSource(entry.id, path), True
+        entry.state = ModelState.AVAILABLE
+        log.info("downloaded %s in %.1f s", entry.id, time.monotonic() - entry.download.started)
+        try:
+            self.start_loading(entry)
+        except NoRoom:
+            self._notify(entry)  # it loads when a request asks and room is made
 
     async def acquire(self, entry: ModelEntry, wait: bool = False) -> LoadedModel:
         """The entry's ready model, leased until `release`; starts its load if needed."""
@@ -112,12 +205,19 @@ class Registry:
             if entry.state is ModelState.FAILED:
                 if time.monotonic() - entry.failed_at < self.settings.load_retry:
                     raise entry.not_ready(self.settings.load_retry)
-                self.start_loading(entry)  # the back-off has passed: try again
+                self._retry(entry)  # the back-off has passed: try again
             elif entry.state is ModelState.AVAILABLE:
                 self.start_loading(entry)
             if not wait or time.monotonic() > deadline:
                 raise entry.not_ready(self.settings.load_retry)
             await asyncio.sleep(0.1)
+
+    def _retry(self, entry: ModelEntry) -> None:
+        """A failed download resumes (files already whole are kept); a failed load loads."""
+        if entry.download and not entry.download.finished:
+            self._download(entry)
+        else:
+            self.start_loading(entry)
 
     def release(self, entry: ModelEntry) -> None:
         entry.leases -= 1

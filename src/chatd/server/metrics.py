@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatd.server.auth import route_path
 
-MODEL_STATES = ("available", "loading", "ready", "failed")
+MODEL_STATES = ("downloading", "available", "loading", "ready", "failed")
 UNMATCHED = "unmatched"
 
 # CPU inference: a first token takes from tens of milliseconds (short prompt, cached) to a

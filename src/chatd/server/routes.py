@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from chatd import __version__
 from chatd.cache.keys import parse_flag
-from chatd.models.registry import ModelState, Registry
+from chatd.models.registry import ModelEntry, ModelState, Registry
 from chatd.protocol.request import MAX_STOP, MAX_TOP_LOGPROBS, ChatRequest
 from chatd.server import streaming
 from chatd.server.backend import Backend
@@ -111,12 +111,26 @@ async def list_models(request: Request):
                 "owned_by": "chatd",
                 "state": e.state.value,
                 "aliases": sorted(e.aliases),
-                **({"estimated_time": e.estimated_time()} if e.state is ModelState.LOADING else {}),
+                **_progress(e),
                 **({"error": e.error} if e.state is ModelState.FAILED else {}),
             }
             for e in registry.entries.values()
         ],
     }
+
+
+def _progress(entry: ModelEntry) -> dict:
+    """How far a model still coming is: bytes on disk while it downloads, then its load."""
+    if entry.state is ModelState.DOWNLOADING and entry.download:
+        done, total = entry.download.done, entry.download.total
+        return {
+            "downloaded_bytes": done,
+            "total_bytes": total,
+            "estimated_time": entry.estimated_time(),
+        }
+    if entry.state is ModelState.LOADING:
+        return {"estimated_time": entry.estimated_time()}
+    return {}
 
 
 @router.get("/info")
