@@ -84,6 +84,7 @@ class Repo:
     gated: bool = False
     bytes_per_second: float = 0  # 0: as fast as it goes
     sha: str = ""
+    info_gate: threading.Event | None = None  # the metadata answers only once it is set
 
     def __post_init__(self):
         if not self.sha:
@@ -180,6 +181,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self._repo(name)
         if repo is None:
             return
+        if repo.info_gate is not None:
+            repo.info_gate.wait(60)
         revision = rest.split("/", 1)[0]
         if revision not in ("main", repo.sha):
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")

@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from chatd.models.sources import SMOLLM2_ID, packaged_models
-from tests.conftest import Server
+from tests.conftest import Server, wait_until
 from tests.fake_hub import FakeHub, HubFile, Repo, file_sha256
 
 SMOL = packaged_models()[0].path
@@ -78,6 +78,10 @@ def hub(tmp_path_factory):
                 "flaky-Q4_K_M-00002-of-00002.gguf": HubFile(os.urandom(2_000_000)),
             }),
             "acme/gated-GGUF": Repo({"gated-Q4_K_M.gguf": HubFile(b"gated")}, gated=True),
+            # Its metadata waits until the test lets it answer.
+            "acme/slow-GGUF": Repo(
+                {"slow-Q4_K_M.gguf": HubFile(b"slow")}, info_gate=threading.Event()
+            ),
             "acme/tf-only": Repo({"config.json": HubFile(b"{}"), "tf_model.h5": HubFile(b"t")}),
             # Declared a petabyte: refused before any byte, so never served.
             "acme/huge-GGUF": Repo({"huge-Q4_K_M.gguf": HubFile(None, size=10**15)}),
@@ -339,6 +343,19 @@ def test_first_request_503_then_downloading_loading_ready_and_wait_is_answered(p
     assert sorted(hub.fetched(model)[before:]) == sorted(
         n for n in hub.repos[model].files if n not in TINY_EXTRAS
     )
+
+
+def test_the_hub_lookup_never_stalls_the_server(pulling, hub):
+    """While the Hub's metadata for one model is awaited, every other request is served."""
+    gate = hub.repos["acme/slow-GGUF"].info_gate
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(ask, pulling, "acme/slow-GGUF")
+        wait_until(lambda: hub.count("acme/slow-GGUF", "info"), 30, "the lookup to reach the Hub")
+        assert httpx.get(f"{pulling}/health", timeout=10).status_code == 200
+        assert ask(pulling, SERVED_BY).status_code == 200
+        assert not pending.done()  # still waiting for the Hub
+        gate.set()
+        assert pending.result().status_code in (503, 200)
 
 
 def test_ten_concurrent_requests_share_one_download(pulling, hub):

@@ -108,8 +108,9 @@ def test_find_by_id_alias_and_the_default_names(tmp_path, loader):
     for name in (None, "", "dummy", "tgi", "gpt-x", "a"):
         assert registry.find(name) is a
     assert registry.find("b") is b
+    assert registry.find("nope") is None
     with pytest.raises(ModelNotFound) as raised:
-        registry.find("nope")
+        asyncio.run(registry.lookup("nope"))
     answer = as_chatd(raised.value)
     assert (answer.status, answer.error_type) == (404, "not_found")
 

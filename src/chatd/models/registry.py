@@ -129,43 +129,55 @@ class Registry:
             if target in self.entries:
                 self.entries[target].aliases.add(alias)
         self.listeners: list[Callable[[ModelEntry], None]] = []  # progress and state changes
+        self._lookups: dict[str, asyncio.Future[ModelEntry]] = {}  # Hub ids being looked up
 
-    def find(self, name: str | None) -> ModelEntry:
-        """The entry a request names (id or alias; the local HF cache as a last resort);
-        the default for none, `dummy` or `tgi`."""
+    def find(self, name: str | None) -> ModelEntry | None:
+        """The entry of a model this server knows by that name (id or alias); the default
+        for none, `dummy` or `tgi`."""
         if name is None or name in DEFAULT_NAMES:
             return self.default
         target = self.alias_targets.get(name, name)
         for entry in self.entries.values():
             if target == entry.id or name in entry.aliases:
                 return entry
+        return None
+
+    async def lookup(self, name: str | None) -> ModelEntry:
+        """`find`, else a Hub id found in the local Hugging Face cache or pulled. The cache
+        and the Hub's metadata are read in a worker thread, never on the event loop, and
+        requests for one model at once share one lookup (and so one download)."""
+        if (entry := self.find(name)) is not None:
+            return entry
+        target = self.alias_targets.get(name, name)
         if not is_hub_id(target):
             raise ModelNotFound(f"Model {echo(name)} is not served here")
         ref = HubRef.parse(target)
         if ref.id != target:  # the same model, its quantisation spelt in another case
-            return self.find(ref.id)
-        entry = self._from_cache(ref) or self._start_pull(ref)
-        entry.aliases |= {alias for alias, to in self.alias_targets.items() if to == target}
-        self.entries[ref.id] = entry
-        return entry
+            return await self.lookup(ref.id)
+        if (pending := self._lookups.get(ref.id)) is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(self._open, ref))
+            self._lookups[ref.id] = pending
+            pending.add_done_callback(lambda _: self._lookups.pop(ref.id, None))
+        entry = await asyncio.shield(pending)
+        if ref.id not in self.entries:  # the first of the requests that shared the lookup
+            entry.aliases |= {alias for alias, to in self.alias_targets.items() if to == target}
+            self.entries[ref.id] = entry
+            if entry.download:
+                self._download(entry)
+        return self.entries[ref.id]
 
-    def _from_cache(self, ref: HubRef) -> ModelEntry | None:
-        """The model from the local Hugging Face cache, without the network."""
+    def _open(self, ref: HubRef) -> ModelEntry:
+        """A worker thread: the model from the local Hugging Face cache, else an entry to pull
+        (one listing and one HEAD at the Hub; raises if it may not or cannot be pulled)."""
         path = pull.local_path(ref)
         source = ModelSource(ref.id, path) if path else from_hf_cache(ref.id)
-        return ModelEntry(source) if source else None
-
-    def _start_pull(self, ref: HubRef) -> ModelEntry:
-        """A new entry downloading `ref` in the background. Blocks for the Hub's metadata (one
-        listing and one HEAD) and raises, holding nothing, if the model may not or cannot be
-        pulled. Called on the event loop's thread only, so one download per model."""
+        if source:
+            return ModelEntry(source)
         s = self.settings
         pull.may_pull(ref.repo_id, s.pull, s.pull_allow_patterns)
         plan = pull.plan_pull(ref)
         pull.check_room(plan, s.memory_budget)
-        entry = ModelEntry(ModelSource(ref.id, pull.cache_root()), download=Download(plan))
-        self._download(entry)
-        return entry
+        return ModelEntry(ModelSource(ref.id, pull.cache_root()), download=Download(plan))
 
     def _download(self, entry: ModelEntry) -> None:
         entry.state, entry.error = ModelState.DOWNLOADING, None

@@ -37,7 +37,7 @@ class Answer(Protocol):
 
 
 class Backend(Protocol):
-    def resolve(self, name: str | None) -> str:
+    async def resolve(self, name: str | None) -> str:
         """The id of the model a request names (None: the default); ModelNotFound if none."""
         ...
 
@@ -51,11 +51,11 @@ class LocalBackend:
     def __init__(self, registry: Registry, settings: Settings):
         self.registry, self.settings = registry, settings
 
-    def resolve(self, name: str | None) -> str:
-        return self.registry.find(name).id
+    async def resolve(self, name: str | None) -> str:
+        return (await self.registry.lookup(name)).id
 
     async def open(self, model_id: str, body: ChatRequest, wait: bool) -> Answer:
-        s, entry = self.settings, self.registry.find(model_id)
+        s, entry = self.settings, await self.registry.lookup(model_id)
         model = await self.registry.acquire(entry, wait)
         try:
             work = await plan(body, model.template, model.engine, s.image_limits, s.max_n)

@@ -42,7 +42,7 @@ async def chat_completions(request: Request):
     data, body = await asyncio.to_thread(_parse, raw) if len(raw) > 2**18 else _parse(raw)
     backend: Backend = request.app.state.backend
     org, name = request.path_params.get("org"), request.path_params.get("name")
-    model_id = backend.resolve(f"{org}/{name}" if org else body.model)  # the path wins
+    model_id = await backend.resolve(f"{org}/{name}" if org else body.model)  # the path wins
     cache = CacheLookup.for_request(request, model_id, data)
     if cached := cache.lookup():
         return _cached_response(cached, body, cache)
