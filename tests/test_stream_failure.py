@@ -158,7 +158,7 @@ class Reader(threading.Thread):
 
     def __init__(self, url: str, **body):
         super().__init__(daemon=True)
-        self.url, self.body = url, {"messages": HI, "stream": True, **body}
+        self.url, self.body = url, {"messages": HI, "stream": True, "temperature": 0, **body}
         self.events: list[str] = []
         self.flowing = threading.Event()
         self.start()
@@ -215,7 +215,8 @@ def test_a_failed_step_spares_the_sequence_waiting_for_a_slot(gated):
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "aaaaa"
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     # and the engine goes on serving
-    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": HI, "max_tokens": 3})
+    greedy = {"messages": HI, "max_tokens": 3, "temperature": 0}
+    r = httpx.post(f"{url}/v1/chat/completions", json=greedy)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "aaa"
 
 
@@ -247,9 +248,8 @@ def test_a_grammar_error_mid_sequence_ends_only_that_sequence(gated, monkeypatch
         return BreaksAfter(real(grammar), 3)
 
     monkeypatch.setattr(engine.grammars, "constraint", breaking)
+    runner.open.clear()  # hold the plain stream's first step: both share the next ones
     plain = Reader(url, max_tokens=400)
-    assert plain.flowing.wait(30)
-    runner.open.clear()  # hold the plain stream so that both share the next steps
     assert runner.held.wait(30)
     pattern = {"type": "regex", "value": "a+"}
     constrained = Reader(url, max_tokens=50, response_format=pattern)
