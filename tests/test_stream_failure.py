@@ -6,6 +6,9 @@ has started (role and content sent) before the failure arrives as an SSE error e
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -98,3 +101,169 @@ def test_failure_in_a_non_stream_request_is_a_500_with_hf_body(failing_url):
         "error": "generation failed: the device fell over",
         "error_type": "generation",
     }
+
+
+# -- a failed step fails only its own sequences ---------------------------------------------------
+
+
+class GatedRunner:
+    """Always favours 'a'; a test can hold its forwards at a gate and make the next one raise,
+    so that it knows exactly which sequences were in the failed step."""
+
+    name = "test"
+    vision = False
+    memory_bytes = 0
+    n_slots, n_ctx, max_batch_tokens = 2, 1 << 20, 256
+    tokenizer = ByteTokenizer()
+
+    def __init__(self):
+        self.open = threading.Event()
+        self.open.set()
+        self.held = threading.Event()  # a forward waits at the gate
+        self.fail_next = False
+
+    def forward(self, items):
+        if not self.open.is_set():
+            self.held.set()
+            self.open.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("the device fell over")
+        logits = np.zeros((sum(i.want_logits for i in items), self.tokenizer.n_vocab), np.float32)
+        logits[:, ord("a")] = 10.0
+        return logits
+
+    def truncate(self, slot: int, keep: int) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.open.set()
+
+
+@pytest.fixture
+def gated(tmp_path: Path):
+    settings = Settings(cache_url="off", ctx=1 << 20)
+    registry = Registry(settings, [ModelSource("test/gated", tmp_path / "none.gguf")])
+    runner = GatedRunner()
+    engine = Engine(runner)
+    registry.default.loaded = LoadedModel("test/gated", engine, ChatTemplate(None))
+    registry.default.state = ModelState.READY
+    with serve_in_thread(create_app(settings, registry)) as url:
+        yield url, runner, engine
+    runner.open.set()
+
+
+class Reader(threading.Thread):
+    """A stream read on a thread: its `data:` payloads, and whether content has come."""
+
+    def __init__(self, url: str, **body):
+        super().__init__(daemon=True)
+        self.url, self.body = url, {"messages": HI, "stream": True, "temperature": 0, **body}
+        self.events: list[str] = []
+        self.flowing = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        try:
+            with httpx.stream(
+                "POST", f"{self.url}/v1/chat/completions", json=self.body, timeout=60
+            ) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        self.events.append(line.removeprefix("data: "))
+                        self.flowing.set()
+        finally:
+            self.flowing.set()
+
+    def finished(self) -> list[str]:
+        self.join(timeout=60)
+        assert not self.is_alive(), "the stream never ended"
+        return self.events
+
+
+def wait_for(condition, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+FELL_OVER = {"error": "generation failed: the device fell over", "error_type": "generation"}
+ENDLESS = 1 << 19  # tokens: a stream that runs until the test ends it
+
+
+def test_a_failed_step_spares_the_sequence_waiting_for_a_slot(gated):
+    url, runner, engine = gated
+    running = [Reader(url, max_tokens=ENDLESS) for _ in range(runner.n_slots)]
+    for reader in running:
+        assert reader.flowing.wait(30)
+    runner.open.clear()  # the scheduler stops at its next forward
+    assert runner.held.wait(30)
+    waiting = Reader(url, max_tokens=5)
+    wait_for(lambda: engine.load().waiting == 1, "the third stream to queue for a slot")
+
+    runner.fail_next = True
+    runner.open.set()
+
+    for reader in running:
+        events = reader.finished()
+        assert json.loads(events[-1]) == FELL_OVER
+        assert "[DONE]" not in events
+    events = waiting.finished()
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "aaaaa"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    # and the engine goes on serving
+    greedy = {"messages": HI, "max_tokens": 3, "temperature": 0}
+    r = httpx.post(f"{url}/v1/chat/completions", json=greedy)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "aaa"
+
+
+class BreaksAfter:
+    """A grammar state that follows the real one, then fails at its nth token: what llguidance
+    does when a grammar hits one of its limits partway through an answer."""
+
+    def __init__(self, inner, n: int):
+        self.inner, self.n, self.error = inner, n, None
+        self.active = True
+
+    @property
+    def matcher(self):
+        return self.inner.matcher
+
+    def consume(self, token: int, text: str = "") -> None:
+        self.inner.consume(token, text)
+        self.n -= 1
+        if self.n == 0:
+            self.error = "lexer error: too many expressions constructed"
+
+
+def test_a_grammar_error_mid_sequence_ends_only_that_sequence(gated, monkeypatch):
+    url, runner, engine = gated
+    real, made = engine.grammars.constraint, threading.Event()
+
+    def breaking(grammar):
+        made.set()  # the sequence is being submitted
+        return BreaksAfter(real(grammar), 3)
+
+    monkeypatch.setattr(engine.grammars, "constraint", breaking)
+    runner.open.clear()  # hold the plain stream's first step: both share the next ones
+    plain = Reader(url, max_tokens=400)
+    assert runner.held.wait(30)
+    pattern = {"type": "regex", "value": "a+"}
+    constrained = Reader(url, max_tokens=50, response_format=pattern)
+    assert made.wait(30)
+    runner.open.set()
+
+    events = constrained.finished()
+    assert json.loads(events[-1]) == {
+        "error": "grammar: lexer error: too many expressions constructed",
+        "error_type": "generation",
+    }
+    text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1])
+    assert text == "aa"  # the third token broke the grammar: it never reached the client
+    events = plain.finished()
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])["choices"][0]
+    assert last["finish_reason"] == "length"

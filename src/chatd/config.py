@@ -130,6 +130,11 @@ class LimitSettings(BaseModel):
     header_timeout: Seconds = Field(
         10, gt=0, description="seconds a client may take to send a request's headers"
     )
+    shutdown_timeout: Seconds = Field(
+        20,
+        description="seconds running answers may take to finish after SIGTERM; then they end "
+        "with an error event (streams) or a 503",
+    )
     body_timeout: Seconds = Field(
         30, gt=0, description="seconds a client may pause while sending a body (408)"
     )

@@ -86,8 +86,11 @@ class SafeCache:
 
     Every exception from the backend is swallowed: `get` answers None (a miss), `put` does
     nothing. The first failure of a burst is logged as a warning, the rest at debug level, and
-    recovery at info. After a failure the backend is left alone for `cooldown_s` seconds, so a
-    dead server costs one timeout per cooldown instead of one (or two) per request.
+    recovery (every operation that failed works again) at info. After a failure the backend is
+    left alone for `cooldown_s` seconds, so a dead server costs one timeout per cooldown instead
+    of one (or two) per request: a failed `get` rests both operations (the backend is out of
+    reach), a failed `put` only puts (a full disk or a read-only file still serves what it
+    holds).
     """
 
     def __init__(
@@ -99,29 +102,29 @@ class SafeCache:
         self.inner = inner
         self._cooldown_s = cooldown_s
         self._clock = clock
-        self._failing = False
-        self._retry_at = 0.0
+        self._failing: set[str] = set()  # the operations whose last try failed
+        self._retry_at = {"get": 0.0, "put": 0.0}
 
     def get(self, key: str) -> bytes | None:
-        if self._resting():
+        if self._resting("get"):
             return None
         try:
             value = self.inner.get(key)
         except Exception as exc:
-            self._failed("get", exc)
+            self._failed("get", exc, rests=("get", "put"))
             return None
-        self._succeeded()
+        self._succeeded("get")
         return value
 
     def put(self, key: str, value: bytes) -> None:
-        if self._resting():
+        if self._resting("put"):
             return
         try:
             self.inner.put(key, value)
         except Exception as exc:
-            self._failed("put", exc)
+            self._failed("put", exc, rests=("put",))
             return
-        self._succeeded()
+        self._succeeded("put")
 
     def close(self) -> None:
         try:
@@ -129,26 +132,28 @@ class SafeCache:
         except Exception as exc:
             log.warning("response cache: closing %s failed: %r", _name(self.inner), exc)
 
-    def _resting(self) -> bool:
-        return self._failing and self._clock() < self._retry_at
+    def _resting(self, op: str) -> bool:
+        return self._clock() < self._retry_at[op]
 
-    def _failed(self, op: str, exc: Exception) -> None:
+    def _failed(self, op: str, exc: Exception, rests: tuple[str, ...]) -> None:
         level = logging.DEBUG if self._failing else logging.WARNING
         log.log(
             level,
-            "response cache: %s on %s failed, serving without the cache for %gs: %r",
+            "response cache: %s on %s failed, serving without it for %gs: %r",
             op,
             _name(self.inner),
             self._cooldown_s,
             exc,
         )
-        self._failing = True
-        self._retry_at = self._clock() + self._cooldown_s
+        self._failing.add(op)
+        for rested in rests:
+            self._retry_at[rested] = self._clock() + self._cooldown_s
 
-    def _succeeded(self) -> None:
-        if self._failing:
-            log.info("response cache: %s works again", _name(self.inner))
-            self._failing = False
+    def _succeeded(self, op: str) -> None:
+        if op in self._failing:
+            self._failing.discard(op)
+            if not self._failing:
+                log.info("response cache: %s works again", _name(self.inner))
 
 
 def open_cache(url: str | None, cache_dir: Path, max_bytes: int) -> ResponseCache:

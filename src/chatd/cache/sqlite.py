@@ -25,6 +25,8 @@ CREATE INDEX IF NOT EXISTS responses_used ON responses (used);
 # Calls come from the event loop: waiting long for another process' write lock would stall
 # every request, and a miss is cheap. SafeCache turns "database is locked" into a miss.
 _BUSY_TIMEOUT_S = 1.0
+# What SQLite answers when the file cannot take writes but can still be read.
+_CANNOT_WRITE = ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR")
 
 
 class SQLiteCache:
@@ -67,7 +69,13 @@ class SQLiteCache:
             if row is None:
                 return None
             # A read makes the row the most recently used: eviction follows use, not writes.
-            self._db.execute("UPDATE responses SET used = ? WHERE key = ?", (self._now(), key))
+            try:
+                self._db.execute("UPDATE responses SET used = ? WHERE key = ?", (self._now(), key))
+            except sqlite3.OperationalError as exc:
+                if not exc.sqlite_errorname.startswith(_CANNOT_WRITE):
+                    raise
+                # A full disk or a read-only file: the hit still counts, only its LRU place
+                # is not recorded (puts fail meanwhile, and SafeCache says so).
             return bytes(row[0])
 
     def put(self, key: str, value: bytes) -> None:

@@ -18,6 +18,7 @@ from chatd.server import errors
 from chatd.server.auth import ApiKeyMiddleware, load_keys
 from chatd.server.backend import Backend, LocalBackend
 from chatd.server.body import BodyGuard
+from chatd.server.lifetime import Shutdown
 from chatd.server.metrics import Metrics, MetricsMiddleware
 from chatd.server.playground import router as playground_router
 from chatd.server.routes import router
@@ -46,6 +47,7 @@ def create_app(settings: Settings, registry: Registry, backend: Backend | None =
     app.state.metrics = metrics
     app.state.cache = _cache(settings)
     app.state.started = time.time()
+    app.state.shutdown = Shutdown()  # ended by server/http.py once running answers had their time
     errors.install(app)
     app.include_router(router)
     app.include_router(playground_router)

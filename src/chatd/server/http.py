@@ -1,11 +1,17 @@
 """The HTTP server: uvicorn, with the bounds it lacks. uvicorn waits for a request's headers
 forever (a client sending them a byte at a time, slowloris, holds its connection open for
 good), so each connection gets a deadline from its first byte to its headers' end; a body
-sent too slowly is BodyGuard's (server/body.py); --max-connections caps them all."""
+sent too slowly is BodyGuard's (server/body.py); --max-connections caps them all.
+
+On SIGTERM (or Ctrl-C) the server stops accepting connections, lets running answers finish
+for --shutdown-timeout seconds, then ends those left (server/lifetime.py `Shutdown`) and
+exits 0."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+from collections.abc import Callable
 
 import h11
 import uvicorn
@@ -46,13 +52,44 @@ class GuardedH11(H11Protocol):
             self.transport.close()
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, ending the answers still running once the shutdown timeout has
+    passed: uvicorn alone would wait for them, then cancel their tasks mid-response."""
+
+    def __init__(self, config: uvicorn.Config, end_answers: Callable[[], None], timeout: float):
+        super().__init__(config)
+        self._end_answers, self._timeout = end_answers, timeout
+
+    async def shutdown(self, sockets=None) -> None:
+        asyncio.get_running_loop().call_later(self._timeout, self._end_answers)
+        await super().shutdown(sockets)  # stops accepting, then waits for the connections
+
+
+# uvicorn's own limit, past chatd's: what chatd's end could not stop (a body still being
+# read) is cancelled rather than waited for.
+_BACKSTOP_S = 5.0
+
+
 def serve(app, settings: Settings) -> None:
     protocol = type("Http", (GuardedH11,), {"header_timeout": settings.header_timeout})
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         http=protocol,
         limit_concurrency=settings.max_connections,
+        timeout_graceful_shutdown=settings.shutdown_timeout + _BACKSTOP_S,
     )
+    server = DrainingServer(config, app.state.shutdown.end, settings.shutdown_timeout)
+    # uvicorn raises the signal it handled again once it has shut down, to die of it: a stop
+    # that was asked for and done cleanly exits 0 instead.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+
+
+def _exit_cleanly(signum: int, frame) -> None:
+    raise SystemExit(0)
