@@ -60,7 +60,7 @@ class LocalBackend:
         try:
             # Before the planning's work (images, template, tokens) and again after it: only
             # the second check is exact, with nothing awaited between it and the submission.
-            self._refuse_when_queue_full(model, body.n or 1)
+            self._refuse_when_queue_full(model, min(body.n or 1, s.max_n))
             work = await plan(body, model.template, model.engine, s.image_limits, s.max_n)
             self._refuse_when_queue_full(model, len(work.requests))
             # Submitted right after the check, nothing awaited in between.
