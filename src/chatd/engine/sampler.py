@@ -8,7 +8,8 @@ Every value the protocol accepts keeps the numbers finite: adjusted logits are h
 ±`LOGIT_LIMIT` (a repetition_penalty of 1e-300 would otherwise divide a logit into infinity,
 and infinity minus infinity is the NaN a logprob then reports), and temperature divides
 logits already shifted to at most 0, so a tiny one sends the rest to -inf, never to NaN. Only
-a grammar's mask makes a logit -inf, and those tokens are never drawn nor reported.
+a grammar's mask (or a caller's -inf bias) makes a logit -inf, and those tokens are never
+drawn nor reported.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def adjust_logits(
         ids = np.fromiter(state.output_counts.keys(), dtype=np.int64)
         counts = np.fromiter(state.output_counts.values(), dtype=np.float32)
         out[ids] -= counts * p.frequency_penalty + p.presence_penalty
-    np.clip(out, -LOGIT_LIMIT, LOGIT_LIMIT, out=out)
+    # -inf stays: a ban (a caller's bias) is no number to report, and is never drawn.
+    np.clip(out, -LOGIT_LIMIT, LOGIT_LIMIT, out=out, where=out > -np.inf)
     if allowed is not None:
         out[~allowed] = -np.inf
     return out
