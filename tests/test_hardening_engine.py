@@ -1,0 +1,146 @@
+"""Issue 12, the engine's items, through the real server: finite numbers for every accepted
+sampling parameter (and a cache that never keeps a broken answer), every 64-bit seed, grammars
+that cannot be followed refused with a 400, and special-token text in messages kept plain."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import NO_END, Server, chat, sse_events
+
+STORY = [{"role": "user", "content": "Write a short story about a cat."}]
+
+
+def strict_json(text: str):
+    """JSON as the spec has it: NaN and Infinity are not numbers there."""
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def cached_url():
+    """A chatd with an in-memory response cache, for what the cache keeps."""
+    srv = Server("--parallel", "2", "--ctx", "512", "--cache-url", "memory")
+    try:
+        srv.wait_ready()
+        yield srv.url
+    finally:
+        srv.stop()
+
+
+# -- item 5: finite logits, penalties and logprobs; the cache keeps only finite answers ---------
+
+EXTREMES = [
+    {"repetition_penalty": 1e-300},
+    {"repetition_penalty": 1e300},
+    {"temperature": 1e-300, "repetition_penalty": 1e-300},
+    {"temperature": 2, "top_p": 1e-300, "min_p": 1, "seed": 3},
+    {"frequency_penalty": -2, "presence_penalty": -2, "seed": 4},
+    {"frequency_penalty": 2, "presence_penalty": 2, "logit_bias": {"28": 100, "30": -100}},
+]
+
+
+def _logprobs(choice) -> list[float]:
+    content = choice["logprobs"]["content"]
+    return [e["logprob"] for e in content] + [
+        t["logprob"] for e in content for t in e["top_logprobs"]
+    ]
+
+
+@pytest.mark.parametrize("params", EXTREMES, ids=[str(p) for p in EXTREMES])
+def test_extreme_sampling_parameters_give_finite_logprobs_as_json_and_stream(base_url, params):
+    body = {"messages": STORY, "max_tokens": 6, "logprobs": True, "top_logprobs": 3, **params}
+    body.setdefault("temperature", 0)
+    r = chat(base_url, **body)
+    assert r.status_code == 200, r.text
+    choice = strict_json(r.text)["choices"][0]
+    assert choice["logprobs"]["content"] and all(lp <= 0 for lp in _logprobs(choice))
+
+    chunks = [strict_json(e) for e in sse_events(base_url, **body)[:-1]]
+    streamed = [lp["logprob"] for c in chunks for ch in c["choices"]
+                for lp in (ch.get("logprobs") or {}).get("content") or []]  # fmt: skip
+    assert streamed and all(lp <= 0 for lp in streamed)
+
+
+def test_a_cached_answer_to_a_tiny_repetition_penalty_is_finite_both_ways(cached_url):
+    body = {"messages": STORY, "max_tokens": 6, "temperature": 0, "logprobs": True,
+            "repetition_penalty": 1e-300}  # fmt: skip
+    first = chat(cached_url, **body)
+    assert first.status_code == 200, first.text
+    assert first.headers["x-cache"] == "miss"
+    again = chat(cached_url, **body)
+    assert again.headers["x-cache"] == "hit"
+    assert strict_json(again.text)["choices"] == strict_json(first.text)["choices"]
+    for event in sse_events(cached_url, **body):
+        if event != "[DONE]":
+            strict_json(event)
+
+
+# -- item 6: every int64 seed ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [-1, -(2**63), 2**63 - 1, 2**64 - 1])
+def test_every_64_bit_seed_is_accepted_and_repeats(base_url, seed):
+    body = {"messages": STORY, "max_tokens": 12, "temperature": 1.0, "seed": seed,
+            "logit_bias": NO_END}  # fmt: skip
+    a, b = chat(base_url, **body), chat(base_url, **body)
+    assert a.status_code == 200, a.text
+    assert (
+        a.json()["choices"][0]["message"]["content"] == b.json()["choices"][0]["message"]["content"]
+    )
+
+
+def test_minus_one_is_the_same_seed_as_two_to_the_64_minus_one(base_url):
+    def text(seed):
+        body = {"messages": STORY, "max_tokens": 12, "temperature": 1.0, "seed": seed,
+                "logit_bias": NO_END}  # fmt: skip
+        return chat(base_url, **body).json()["choices"][0]["message"]["content"]
+
+    assert text(-1) == text(2**64 - 1)
+
+
+def test_n_choices_seeded_at_the_top_wrap(base_url):
+    r = chat(base_url, messages=STORY, max_tokens=8, temperature=1.0, seed=2**64 - 1, n=2)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == 2
+
+
+@pytest.mark.parametrize("seed", [-(2**63) - 1, 2**64])
+def test_a_seed_past_64_bits_is_a_400(base_url, seed):
+    r = chat(base_url, messages=STORY, max_tokens=4, seed=seed)
+    assert r.status_code == 400, r.text
+    assert "seed" in r.json()["error"]
+
+
+# -- item 7: grammars that compile but cannot be followed are a 400 ----------------------------
+
+UNFOLLOWABLE = {
+    "self-ref": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#"}}},
+    "mutual-ref": {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "x",
+            "schema": {
+                "$defs": {"A": {"$ref": "#/$defs/B"}, "B": {"$ref": "#/$defs/A"}},
+                "$ref": "#/$defs/A",
+            },
+        },
+    },
+    "exploding-regex": {"type": "regex", "value": "(a{1000}){1000}"},
+}
+
+
+@pytest.mark.parametrize("fmt", UNFOLLOWABLE.values(), ids=UNFOLLOWABLE.keys())
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_grammar_that_cannot_be_followed_is_a_short_400(base_url, fmt, stream):
+    r = chat(base_url, messages=STORY, max_tokens=4, response_format=fmt, stream=stream)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error.startswith("response_format: ") and "no output can follow" in error
+    assert len(error) < 400 and "<state>" not in error and "\n" not in error
+    assert chat(base_url, messages=STORY, max_tokens=2).status_code == 200
