@@ -175,3 +175,54 @@ def test_lazy_states_of_one_grammar_are_independent(grammars):
     assert first.active and not second.active
     feed(second, "{")
     assert allowed(first, second) == [[*LOWER, ord("}")], LOWER]
+
+
+# -- grammars that compile but cannot be followed are refused at check -------------------------
+
+SELF_REF = json_schema_grammar({"$ref": "#"})
+MUTUAL_REF = json_schema_grammar(
+    {"$defs": {"A": {"$ref": "#/$defs/B"}, "B": {"$ref": "#/$defs/A"}}, "$ref": "#/$defs/A"}
+)
+EXPLODING_REGEX = regex_grammar("(a{1000}){1000}")
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        (SELF_REF, "NoExtensionBias"),
+        (MUTUAL_REF, "NoExtensionBias"),
+        (EXPLODING_REGEX, "too many expressions"),
+    ],
+    ids=["self-ref", "mutual-ref", "exploding-regex"],
+)
+def test_a_grammar_that_fails_at_its_first_tokens_is_refused_by_check(grammars, text, reason):
+    for _ in range(2):  # the verdict is remembered with the compiled grammar, and repeated
+        with pytest.raises(GrammarError, match=reason) as info:
+            grammars.check(Grammar(text))
+        message = str(info.value)
+        assert len(message) <= constraints.MAX_ERROR_CHARS
+        assert "<state>" not in message and "<non-verbose" not in message and "\n" not in message
+
+
+def test_check_leaves_the_compiled_grammar_fresh_for_the_sequences(grammars):
+    grammar = Grammar(regex_grammar("ab|cd"))
+    grammars.check(grammar)
+    assert allowed(grammars.constraint(grammar)) == [[ord("a"), ord("c")]]
+
+
+def test_a_recursive_schema_with_a_base_case_passes_check(grammars):
+    tree = {
+        "type": "object",
+        "properties": {"children": {"type": "array", "items": {"$ref": "#"}}},
+        "required": ["children"],
+    }
+    grammars.check(Grammar(json_schema_grammar(tree)))
+
+
+def test_an_error_mid_sequence_is_short_and_has_no_state_dump(grammars):
+    state = grammars.constraint(Grammar(EXPLODING_REGEX))  # unchecked: as if it got through
+    assert allowed(state) == [[ord("a")]]
+    feed(state, "a")
+    allowed(state)
+    assert "too many expressions" in state.error
+    assert "<state>" not in state.error and "\n" not in state.error

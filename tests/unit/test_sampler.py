@@ -234,3 +234,60 @@ def test_log_softmax_at_is_stable_for_huge_logits():
     logprob, top = log_softmax_at(np.array([1000.0, 999.0, -1000.0]), 1, 2)
     assert logprob == pytest.approx(-1.0 - np.log1p(np.exp(-1.0)))
     assert [i for i, _ in top] == [0, 1]
+
+
+# -- every accepted parameter value keeps logits, draws and logprobs finite ---------------------
+
+_EXTREMES = [
+    {"repetition_penalty": 1e-300},
+    {"repetition_penalty": 1e-45},
+    {"repetition_penalty": 1e300},
+    {"frequency_penalty": 2.0, "presence_penalty": 2.0},
+    {"frequency_penalty": -2.0, "presence_penalty": -2.0},
+    {"logit_bias": {0: 100.0, 1: -100.0, 2: 100.0}},
+    {"temperature": 1e-300},
+    {"temperature": 5e-324, "top_p": 1e-300},
+    {"temperature": 2.0, "top_p": 1e-300, "min_p": 1.0},
+    {"temperature": 1e-300, "repetition_penalty": 1e-300, "top_k": 2},
+    {"temperature": 1e-300, "repetition_penalty": 1e300, "min_p": 1e-300},
+]
+
+
+@pytest.mark.parametrize("params", _EXTREMES, ids=[str(p) for p in _EXTREMES])
+def test_extreme_parameters_keep_logits_draws_and_logprobs_finite(params):
+    logits = np.array([3.0, 0.0, -2.0, 1e-3, 5.0, 0.0, -40.0], dtype=np.float32)
+    state = _state(prompt=[0, 1, 2, 5], accepted=[0, 0, 1, 2, 5], **params)
+    allowed = np.array([True, True, True, True, True, True, False])
+    for mask in (None, allowed):
+        out = adjust_logits(logits, state, mask)
+        allowed_out = out if mask is None else out[mask]
+        assert np.isfinite(allowed_out).all(), out
+        for seed in range(20):
+            rng = np.random.Generator(np.random.PCG64(seed))
+            token = choose(out, state.params, rng)
+            assert mask is None or mask[token]
+            logprob, top = log_softmax_at(out, token, 5)
+            assert np.isfinite(logprob) and logprob <= 0.0
+            assert top and all(np.isfinite(v) and v <= 0.0 for _, v in top)
+
+
+def test_tiny_repetition_penalty_still_favours_the_seen_tokens():
+    logits = np.array([1.0, 2.0, -1.0, 0.0], dtype=np.float32)
+    out = adjust_logits(logits, _state(prompt=[0], repetition_penalty=1e-300))
+    assert int(np.argmax(out)) == 0
+    assert out[2] == pytest.approx(-1.0) and out[3] == 0.0
+
+
+def test_huge_repetition_penalty_leaves_seen_tokens_possible_but_last():
+    logits = np.array([1.0, 2.0, -1.0, 0.5], dtype=np.float32)
+    out = adjust_logits(logits, _state(prompt=[1, 2], repetition_penalty=1e300))
+    assert np.isfinite(out).all()
+    assert out[2] < out[1] < out[3] < out[0]
+
+
+def test_near_zero_temperature_picks_the_best_token():
+    logits = np.array([0.5, 2.0, 1.999, -3.0], dtype=np.float32)
+    rng = np.random.Generator(np.random.PCG64(0))
+    for temperature in (1e-300, 5e-324):
+        params = SamplingParams(temperature=temperature)
+        assert {choose(logits, params, rng) for _ in range(50)} == {1}

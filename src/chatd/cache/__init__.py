@@ -1,7 +1,7 @@
 """The response cache behind the `x-use-cache` header (default true).
 
-A repeated request whose answer cannot vary (temperature 0 or a seed) is answered from the
-cache: `keys` decides what is cacheable and under which key, `backends` stores the finished
+A repeated request that asks for a repeatable answer (temperature 0 or a seed) is answered
+from the cache: `keys` decides what is cacheable and under which key, `backends` stores the finished
 responses in memory, in SQLite (the default) or in Redis. `open_cache` wraps every backend in
 `SafeCache`, so a failing cache costs a miss, never a request.
 """

@@ -8,6 +8,7 @@ live in their own modules.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -82,7 +83,7 @@ class MemoryCache:
 
 
 class SafeCache:
-    """Wraps a backend so that its failures never fail a request.
+    """Wraps a backend so that its failures never fail a request, nor its contents.
 
     Every exception from the backend is swallowed: `get` answers None (a miss), `put` does
     nothing. The first failure of a burst is logged as a warning, the rest at debug level, and
@@ -91,6 +92,11 @@ class SafeCache:
     of one (or two) per request: a failed `get` rests both operations (the backend is out of
     reach), a failed `put` only puts (a full disk or a read-only file still serves what it
     holds).
+
+    A value that is JSON holding NaN or ±Infinity (which JSON does not have: the response that
+    carried it could not be sent, and a replay of it would fail the same way) is never stored,
+    and one already stored (before this guard, in a file that outlived the process) reads as a
+    miss; either is logged as a warning. Values that are not JSON pass through untouched.
     """
 
     def __init__(
@@ -114,9 +120,15 @@ class SafeCache:
             self._failed("get", exc, rests=("get", "put"))
             return None
         self._succeeded("get")
+        if value is not None and _non_finite(value):
+            log.warning("response cache: ignoring entry %s: it holds NaN or Infinity", key)
+            return None
         return value
 
     def put(self, key: str, value: bytes) -> None:
+        if _non_finite(value):
+            log.warning("response cache: not storing %s: it holds NaN or Infinity", key)
+            return
         if self._resting("put"):
             return
         try:
@@ -195,6 +207,26 @@ def _split_ttl(url: str) -> tuple[str, int | None]:
         raise ValueError(f"response cache URL: ttl must be positive, got {ttl}")
     rest = urlencode([(k, v) for k, v in query if k != "ttl"])
     return urlunsplit(parts._replace(query=rest)), ttl
+
+
+class _NonFiniteNumber(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NonFiniteNumber(name)
+
+
+def _non_finite(value: bytes) -> bool:
+    """True for JSON holding NaN, Infinity or -Infinity (Python's json writes them by
+    default); False for finite JSON and for bytes that are not JSON."""
+    try:
+        json.loads(value, parse_constant=_refuse_constant)
+    except _NonFiniteNumber:
+        return True
+    except ValueError:  # not JSON (or not UTF-8): opaque bytes, not ours to judge
+        return False
+    return False
 
 
 def _name(backend: object) -> str:

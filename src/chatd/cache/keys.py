@@ -1,11 +1,16 @@
 """What may be cached, under which key, and the `x-use-cache` header.
 
-A response is cacheable only when its answer cannot vary between two identical requests:
+A response is cacheable only when the request asks for a repeatable answer:
 
 - `temperature` is explicitly 0 (greedy decoding), or
 - a `seed` is given (not null): every request owns its RNG, seeded from `seed`, so the same
-  request with the same seed gives the same text whatever else runs beside it. That holds
-  for `n > 1` too: the n choices come from the same seeded RNG.
+  request draws the same random numbers whatever else runs beside it (for `n > 1` too).
+
+Repeatable, not invariant: the engine does not promise the same text for such a request.
+llama.cpp computes a prompt token's numbers differently alone, in a suffix after a cached
+prefix, or in a whole prefill, and greedy or seeded text follows those numbers (measured: 10
+of 10 SmolLM2 prompts diverged between a fresh slot and a cached prefix). The cache stores the
+first answer and replays it; it does not claim that answer is the only one.
 
 An absent temperature is not 0 (the default samples), so such requests are never cached;
 nor are requests with http(s) image URLs, whose images may change behind the same URL (a
@@ -36,8 +41,9 @@ _FALSE = frozenset({"false", "0", "no"})
 
 
 def is_deterministic(body: dict) -> bool:
-    """True when the answer cannot vary: an explicit `temperature` of 0, or a `seed`, and no
-    image fetched from a URL."""
+    """True when the request asks for a repeatable answer (an explicit `temperature` of 0, or
+    a `seed`) and fetches no image from a URL: such a request may be answered from the cache
+    (see the module doc for what the engine does and does not repeat)."""
     if _remote_images(body):
         return False
     if body.get("seed") is not None:

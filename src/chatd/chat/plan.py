@@ -59,7 +59,8 @@ async def plan(
         GenerationRequest(
             id=f"{rid}-{i}",
             prompt=prompt.tokens,
-            # Seeded choices differ from each other yet repeat from one request to the next.
+            # Seeded choices differ from each other yet repeat from one request to the next;
+            # the engine takes seeds modulo 2**64, so seed + i wraps past the top.
             sampling=sampling if body.seed is None else replace(sampling, seed=body.seed + i),
             max_tokens=max_tokens,
             stop=tuple(body.stop),

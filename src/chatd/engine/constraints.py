@@ -3,6 +3,12 @@
 A Constraint follows one sequence. Before each sample the scheduler fills the masks of every
 constrained sequence (llguidance works outside the GIL, 15-30 us a token here); the sampler
 then keeps only the allowed tokens, and the sampled token advances the matcher.
+
+Some grammars compile yet cannot be followed: a schema that only refers to itself allows no
+first token, and a regex like `(a{1000}){1000}` exhausts the lexer at the second. llguidance
+reports these only once it computes a mask, so `Grammars.check` walks a fresh copy through its
+first tokens before anything is queued. Errors come without llguidance's state dump
+(`verbose_errors=False`), on one line and capped at `MAX_ERROR_CHARS`.
 """
 
 from __future__ import annotations
@@ -25,6 +31,16 @@ JSON_OPTIONS: llguidance.JsonCompileOptions = {
     "item_separator": ", ",
     "key_separator": ": ",
 }
+
+
+# Errors without the parser's state and the grammar (which may hold a client's whole schema).
+_LIMITS = llguidance.LLParserLimits(verbose_errors=False)
+
+MAX_ERROR_CHARS = 300
+
+# Masks computed when checking a grammar: a schema with no base case fails at the first, a
+# lexer that explodes at the second (after one token).
+_PROBE_MASKS = 2
 
 
 class GrammarError(ValueError):
@@ -52,13 +68,15 @@ class Constraint:
     active = True
 
     def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str):
-        self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0, limits=_LIMITS)
         if self.matcher.is_error():
             raise GrammarError(_clean(self.matcher.get_error()))
+        self.verdict: str | None = None  # Grammars.check's finding: "" when it can be followed
 
     def copy(self) -> Constraint:
         twin = object.__new__(Constraint)
         twin.matcher = self.matcher.deep_copy()
+        twin.verdict = self.verdict
         return twin
 
     def consume(self, token: int, text: str = "") -> None:
@@ -132,13 +150,36 @@ class Grammars:
         self._lock = threading.Lock()
 
     def check(self, grammar: Grammar) -> None:
-        """Raises GrammarError for a grammar that does not compile."""
-        self._template(grammar.text)
+        """Raises GrammarError for a grammar that does not compile, or that fails within its
+        first tokens (checked once per compiled grammar, on a copy)."""
+        template = self._template(grammar.text)
+        if template.verdict is None:
+            template.verdict = self._probe(template.copy())
+        if template.verdict:
+            raise GrammarError(f"no output can follow this grammar: {template.verdict}")
 
     def constraint(self, grammar: Grammar) -> Constraint | LazyConstraint:
         """A fresh state for one sequence."""
         template = self._template(grammar.text)
         return LazyConstraint(template, grammar.triggers) if grammar.triggers else template.copy()
+
+    def _probe(self, probe: Constraint) -> str:
+        """Walks a fresh state through its first masks, taking the lowest allowed token that
+        does not end the output: the error llguidance reports on the way, or ""."""
+        n_vocab, ends = self._tokenizer.n_vocab, self._tokenizer.eog
+        for _ in range(_PROBE_MASKS):
+            mask = fill_masks([probe], n_vocab)[0]
+            if probe.error:
+                return probe.error
+            token = next(
+                (t for t in np.flatnonzero(allowed_tokens(mask, n_vocab)) if t not in ends), None
+            )
+            if token is None:  # only the end is allowed: nothing further to try
+                return ""
+            probe.consume(int(token))
+            if probe.error:
+                return probe.error
+        return ""
 
     def _template(self, text: str) -> Constraint:
         """Compiled once, never advanced itself: sequences get copies."""
@@ -169,8 +210,14 @@ def allowed_tokens(mask: np.ndarray, n_vocab: int) -> np.ndarray:
 
 
 def _clean(message: str) -> str:
-    """llguidance prefixes some errors with a JSON blob of context; keep the sentence."""
+    """The sentence of an llguidance error: without the JSON blob of context some errors come
+    in, nor the `<state>` (or `<non-verbose/>`) part that follows, on one line, capped."""
     try:
-        return json.loads(message).get("message", message)
+        message = json.loads(message).get("message", message)
     except (ValueError, AttributeError):
-        return message.strip()
+        pass
+    message = str(message).split("\n<", 1)[0]
+    message = " ".join(message.split())
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 1] + "…"
+    return message

@@ -3,6 +3,13 @@
 Order: logit_bias and penalties (these shape the distribution we report in logprobs), then
 temperature, top-k, top-p and min-p (these only choose). Each sequence brings its own RNG, so a
 seeded request samples the same tokens whatever else shares the batch.
+
+Every value the protocol accepts keeps the numbers finite: adjusted logits are held within
+±`LOGIT_LIMIT` (a repetition_penalty of 1e-300 would otherwise divide a logit into infinity,
+and infinity minus infinity is the NaN a logprob then reports), and temperature divides
+logits already shifted to at most 0, so a tiny one sends the rest to -inf, never to NaN. Only
+a grammar's mask (or a caller's -inf bias) makes a logit -inf, and those tokens are never
+drawn nor reported.
 """
 
 from __future__ import annotations
@@ -10,6 +17,14 @@ from __future__ import annotations
 import numpy as np
 
 from chatd.engine.types import SamplingParams
+
+# Far beyond any model's logits plus logit_bias (±100) and the penalties over a whole context,
+# and small enough that a float64 logsumexp over a vocabulary of them stays finite.
+LOGIT_LIMIT = 1e6
+
+# Seeds are taken modulo 2**64 (numpy's PCG64 wants a non-negative integer): every int64 and
+# uint64 seed is one, -1 the same as 2**64 - 1, and choice i's `seed + i` wraps at the top.
+SEED_SPACE = 2**64
 
 # top-p first looks for the nucleus among this many best tokens; a full sort only if it is wider.
 _NUCLEUS_PROBE = 256
@@ -20,8 +35,8 @@ class SamplerState:
 
     def __init__(self, params: SamplingParams, prompt: list[int]):
         self.params = params
-        seed = params.seed if params.seed is not None else np.random.SeedSequence().entropy
-        self.rng = np.random.Generator(np.random.PCG64(seed))
+        seed = params.seed % SEED_SPACE if params.seed is not None else None
+        self.rng = np.random.Generator(np.random.PCG64(seed))  # None: fresh OS entropy
         self.output_counts: dict[int, int] = {}
         self.context_ids: set[int] = set(prompt)  # for repetition_penalty: prompt and output
 
@@ -45,12 +60,18 @@ def adjust_logits(
         out[ids] += np.fromiter(p.logit_bias.values(), dtype=np.float32)
     if p.repetition_penalty != 1.0 and state.context_ids:
         ids = np.fromiter(state.context_ids, dtype=np.int64)
-        seen = out[ids]
-        out[ids] = np.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
+        # float64: in float32 a penalty of 1e300 is inf, and 0 * inf is NaN.
+        seen = out[ids].astype(np.float64)
+        rp = p.repetition_penalty
+        with np.errstate(over="ignore"):
+            penalised_seen = np.where(seen > 0, seen / rp, seen * rp)
+        out[ids] = np.clip(penalised_seen, -LOGIT_LIMIT, LOGIT_LIMIT)
     if penalised:
         ids = np.fromiter(state.output_counts.keys(), dtype=np.int64)
         counts = np.fromiter(state.output_counts.values(), dtype=np.float32)
         out[ids] -= counts * p.frequency_penalty + p.presence_penalty
+    # -inf stays: a ban (a caller's bias) is no number to report, and is never drawn.
+    np.clip(out, -LOGIT_LIMIT, LOGIT_LIMIT, out=out, where=out > -np.inf)
     if allowed is not None:
         out[~allowed] = -np.inf
     return out
@@ -60,7 +81,9 @@ def choose(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     """Pick a token id from adjusted logits: greedy at temperature 0, else filtered sampling."""
     if params.temperature <= 0:
         return int(np.argmax(logits))
-    x = logits.astype(np.float64) / params.temperature
+    x = logits.astype(np.float64)
+    with np.errstate(over="ignore"):  # a tiny temperature sends all but the best to -inf
+        x = (x - x.max()) / params.temperature
     ids, share = _candidates(x, params)
     xs = x[ids] if ids is not None else x
     probs = np.exp(xs - xs.max())

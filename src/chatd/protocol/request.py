@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20  # HF documents 0..5, OpenAI 0..20: we serve OpenAI's range
+# OpenAI takes any int64 seed; unsigned 64-bit ones are accepted too (the engine takes seeds
+# modulo 2**64, so -1 and 2**64 - 1 are the same seed).
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 
 
 class _Lenient(BaseModel):
@@ -109,7 +112,7 @@ class ChatRequest(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, gt=0)
     logit_bias: list[float] | dict[int, float] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=MIN_SEED, le=MAX_SEED)
     stop: str | list[str] | None = Field(None, validate_default=True)
     n: int | None = Field(None, ge=1)
     logprobs: bool | None = False

@@ -31,9 +31,11 @@ class Tokenizer(Protocol):
     bos_token: str
     eos_token: str
     grammar_tokenizer: Any  # llguidance's LLTokenizer, for constrained decoding
+    specials: frozenset[str]  # the texts encode(special=True) reads as one control token
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of text, special tokens in the text parsed as such, no BOS added."""
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of text, no BOS added. special: the texts of `specials` in it are read as
+        those tokens (a template's markup); without, as plain text (what a user typed)."""
         ...
 
 

@@ -34,7 +34,11 @@ class HFTokenizer:
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
         self.bos_token = tokenizer.bos_token or ""
         self.eos_token = tokenizer.eos_token or ""
+        # Added tokens that are not special are read as one token either way: not listed.
+        self.specials = frozenset(
+            t.content for t in tokenizer.added_tokens_decoder.values() if t.special and t.content
+        ) | frozenset(tokenizer.all_special_tokens)
 
-    def encode(self, text: str) -> list[int]:
-        # The template wrote any BOS itself; special tokens in the text are parsed as such.
-        return self._tok.encode(text, add_special_tokens=False)
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        # The template wrote any BOS itself.
+        return self._tok.encode(text, add_special_tokens=False, split_special_tokens=not special)

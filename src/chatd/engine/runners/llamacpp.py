@@ -40,18 +40,29 @@ class LlamaCppTokenizer:
         self.eos_token = self._special_text(llama_cpp.llama_vocab_eos(vocab))
         template = llama_cpp.llama_model_chat_template(model, None)
         self.chat_template = template.decode("utf-8") if template else None
+        # What llama_tokenize reads as one token only with parse_special (llama.cpp's own
+        # rule: user-defined tokens are read as such either way).
+        parsed = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+        self.specials = frozenset(
+            text
+            for t in range(self.n_vocab)
+            if llama_cpp.llama_vocab_get_attr(vocab, t) & parsed
+            and (text := self._piece(t, special=True).decode("utf-8", errors="replace"))
+        )
         # llguidance's view of the vocabulary, for grammars (a quarter second to build).
         self.grammar_tokenizer = lltokenizer_from_vocab(vocab, eos_token=sorted(self.eog))
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, special: bool = True) -> list[int]:
         data = text.encode("utf-8")
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, True)
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, special)
         if n < 0:  # cannot happen with a token per byte and then some; be safe anyway
             capacity = -n
             buf = (llama_cpp.llama_token * capacity)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, True)
+            n = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), buf, capacity, False, special
+            )
         return list(buf[:n])
 
     def _piece(self, token: int, special: bool) -> bytes:
