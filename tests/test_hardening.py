@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import jsonschema
@@ -313,3 +314,19 @@ def test_a_huge_model_id_is_not_echoed_whole(base_url):
     body = {"model": "m" * 100_000, "messages": [{"role": "user", "content": "Hi"}]}
     r = post_raw(base_url, json.dumps(body).encode())
     assert len(assert_hf_4xx(r, 404)["error"]) < 200
+
+
+def test_a_slow_grammar_check_does_not_stall_the_server(base_url):
+    """8: grammars are compiled and checked off the event loop. A pathological regex takes
+    most of a second to be refused; /health is answered meanwhile, not after it."""
+    body = {
+        "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+        "response_format": {"type": "regex", "value": "(q{1001}){1000}"},  # in no other test
+    }  # fmt: skip
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.post, f"{base_url}/v1/chat/completions", json=body, timeout=60)
+        time.sleep(0.2)  # the request is in: its check is running
+        assert httpx.get(f"{base_url}/health", timeout=30).status_code == 200
+        answered_first = slow.done()
+        assert_hf_4xx(slow.result(), 400, "no output can follow")
+    assert not answered_first

@@ -4,6 +4,7 @@ per choice. Everything that needs the model is checked here; every refusal is a 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import uuid
 from dataclasses import dataclass, replace
@@ -50,7 +51,8 @@ async def plan(
             f"{n_ctx} tokens for prompt and answer together: at most {n_ctx - 1} prompt "
             "tokens fit"
         )
-    grammar = _grammar(body, tools, engine)
+    # Compiling and checking a grammar takes milliseconds, a pathological one seconds.
+    grammar = await asyncio.to_thread(_grammar, body, tools, engine)
     sampling = _sampling(body, engine.tokenizer.n_vocab)
     # The answer may use what the context leaves; a larger max_tokens ends with "length" there.
     max_tokens = min(body.output_limit or room, room)

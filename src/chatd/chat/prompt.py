@@ -51,14 +51,18 @@ async def build_prompt(
     if tools and not tools.native:
         turns = with_tool_prompt(turns, tools)
     native_tools = tools.tools if tools and tools.native else None
+    # Rendering and tokenising take a while for a long conversation: kept off the event loop.
     if not urls:
-        return Prompt(encode_conversation(turns, template, runner.tokenizer, native_tools))
+        tokens = await asyncio.to_thread(
+            encode_conversation, turns, template, runner.tokenizer, native_tools
+        )
+        return Prompt(tokens)
     if found := _special_text(turns, runner.tokenizer):
         raise RequestError(
             f"messages: text that reads as one of this model's control tokens ({found!r}) is "
             "not accepted beside images"
         )
-    text = template.render(turns, tools=native_tools)
+    text = await asyncio.to_thread(template.render, turns, tools=native_tools)
     if len(urls) > limits.max_images:
         raise RequestError(
             f"messages: at most {limits.max_images} images per request, got {len(urls)}"
