@@ -54,7 +54,9 @@ def create_app(settings: Settings, registry: Registry, backend: Backend | None =
     app.include_router(router)
     app.include_router(playground_router)
 
-    @app.get("/metrics", openapi_extra=openapi.operation(METRICS, "Prometheus metrics", public=True))
+    metrics_doc = openapi.operation(METRICS, "Prometheus metrics", public=True)
+
+    @app.get("/metrics", openapi_extra=metrics_doc)
     async def prometheus() -> Response:
         for entry in registry.entries.values():
             if entry.loaded:  # gauges read now, at scrape time
