@@ -10,6 +10,7 @@ import httpx
 import jsonschema
 import pytest
 import schemathesis
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from openapi_spec_validator import validate
 from pydantic import BaseModel, ValidationError
@@ -53,12 +54,15 @@ WEATHER = {
 }
 
 
+def _unstarted_app(folder, **settings):
+    """An app that is never started: nothing is loaded to build its document."""
+    settings = Settings(cache_url="off", **settings)
+    return create_app(settings, Registry(settings, [ModelSource("test/none", folder / "x.gguf")]))
+
+
 @pytest.fixture(scope="module")
 def document(tmp_path_factory) -> dict:
-    """The document of an app that is never started (nothing is loaded to build it)."""
-    settings = Settings(cache_url="off")
-    model = tmp_path_factory.mktemp("none") / "none.gguf"
-    return create_app(settings, Registry(settings, [ModelSource("test/none", model)])).openapi()
+    return _unstarted_app(tmp_path_factory.mktemp("none")).openapi()
 
 
 def test_the_document_is_valid_openapi_3_1(document):
@@ -87,6 +91,16 @@ def test_every_route_but_the_public_ones_takes_the_bearer_key(document):
               else "post"].get("security") == []}  # fmt: skip
     assert public == {"/health", "/metrics"}
     assert {"/v1/models", "/info", "/v1/chat/completions"} <= set(document["paths"])
+
+
+def test_a_401_is_the_documented_one(tmp_path, document):
+    client = TestClient(_unstarted_app(tmp_path, api_keys=["sk-1"]))
+    response = client.get("/v1/models")
+    assert response.status_code == 401
+    _conforms(ErrorBody, response.json())
+    documented = document["paths"]["/v1/models"]["get"]["responses"]["401"]["headers"]
+    assert set(documented) <= set(response.headers)
+    assert client.get("/v1/models", headers={"authorization": "Bearer sk-1"}).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -183,7 +197,13 @@ def _events(url: str, **body) -> list[str]:
     [
         {"max_tokens": 3},
         {"max_tokens": 3, "n": 2, "logprobs": True, "top_logprobs": 2, "logit_bias": NO_END},
-        {"max_tokens": 40, "tools": [WEATHER], "tool_choice": "required"},
+        {
+            "max_tokens": 60,
+            "temperature": 0,
+            "tools": [WEATHER],
+            "tool_choice": "required",
+            "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        },  # fmt: skip
     ],
     ids=["plain", "n_logprobs", "tool_call"],
 )
