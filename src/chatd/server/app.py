@@ -14,7 +14,7 @@ from chatd import __version__
 from chatd.cache import ResponseCache, open_cache
 from chatd.config import Settings
 from chatd.models.registry import ModelEntry, ModelState, Registry
-from chatd.server import errors
+from chatd.server import errors, openapi
 from chatd.server.auth import ApiKeyMiddleware, load_keys
 from chatd.server.backend import Backend, LocalBackend
 from chatd.server.body import BodyGuard
@@ -22,6 +22,9 @@ from chatd.server.lifetime import Shutdown
 from chatd.server.metrics import Metrics, MetricsMiddleware
 from chatd.server.playground import router as playground_router
 from chatd.server.routes import router
+
+# The text exposition format; its version parameter is prometheus_client's to choose.
+METRICS = {"text/plain": {"schema": {"type": "string"}}}
 
 
 def create_app(settings: Settings, registry: Registry, backend: Backend | None = None) -> FastAPI:
@@ -49,10 +52,13 @@ def create_app(settings: Settings, registry: Registry, backend: Backend | None =
     app.state.started = time.time()
     app.state.shutdown = Shutdown()  # ended by server/http.py once running answers had their time
     errors.install(app)
+    openapi.install(app)
     app.include_router(router)
     app.include_router(playground_router)
 
-    @app.get("/metrics", include_in_schema=False)
+    metrics_doc = openapi.operation(METRICS, "Prometheus metrics", public=True)
+
+    @app.get("/metrics", openapi_extra=metrics_doc)
     async def prometheus() -> Response:
         for entry in registry.entries.values():
             if entry.loaded:  # gauges read now, at scrape time

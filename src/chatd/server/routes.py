@@ -14,7 +14,8 @@ from chatd import __version__
 from chatd.cache.keys import parse_flag
 from chatd.models.registry import ModelEntry, ModelState, Registry
 from chatd.protocol.request import MAX_STOP, MAX_TOP_LOGPROBS, ChatRequest
-from chatd.server import streaming
+from chatd.protocol.response import Health, ModelList, ServerInfo
+from chatd.server import openapi, streaming
 from chatd.server.backend import Backend
 from chatd.server.body import parse_json
 from chatd.server.caching import CacheLookup
@@ -24,11 +25,11 @@ from chatd.server.lifetime import SSE_HEADERS, AnswerResponse
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-CHAT_PATHS = (
-    "/v1/chat/completions",
-    "/chat/completions",
-    "/models/{org}/{name}/v1/chat/completions",
-)
+CHAT_PATHS = {  # path -> its operationId in /openapi.json
+    "/v1/chat/completions": "chat_completions",
+    "/chat/completions": "chat_completions_unversioned",
+    "/models/{org}/{name}/v1/chat/completions": "model_chat_completions",
+}
 
 
 def _registry(request: Request) -> Registry:
@@ -74,22 +75,22 @@ def _cached_response(completion: dict, body: ChatRequest, cache: CacheLookup):
     return JSONResponse(completion, headers=cache.headers)
 
 
-_BODY_SCHEMA = {
-    "required": True,
-    "content": {"application/json": {"schema": ChatRequest.model_json_schema()}},
-}
-for _path in CHAT_PATHS:
+for _path, _operation in CHAT_PATHS.items():
     for _p in (_path, _path + "/"):
         router.add_api_route(
             _p,
             chat_completions,
             methods=["POST"],
             include_in_schema=_p == _path,
-            openapi_extra={"requestBody": _BODY_SCHEMA},
+            operation_id=_operation,
+            openapi_extra=openapi.chat_operation(model_in_path="{org}" in _path),
         )
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    openapi_extra=openapi.operation(Health, "The default model is ready", 503, public=True),
+)
 async def health(request: Request):
     registry = _registry(request)
     entry = registry.default
@@ -98,7 +99,7 @@ async def health(request: Request):
     raise entry.not_ready(registry.settings.load_retry)  # what a request would get
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", openapi_extra=openapi.operation(ModelList, "The models served"))
 async def list_models(request: Request):
     registry = _registry(request)
     return {
@@ -133,7 +134,7 @@ def _progress(entry: ModelEntry) -> dict:
     return {}
 
 
-@router.get("/info")
+@router.get("/info", openapi_extra=openapi.operation(ServerInfo, "The default model and limits"))
 async def info(request: Request):
     registry, settings = _registry(request), request.app.state.settings
     entry = registry.default
