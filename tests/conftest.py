@@ -66,6 +66,12 @@ class Server:
             time.sleep(0.2)
         raise TimeoutError(f"chatd not ready after {timeout}s:\n{self.log.read_text()}")
 
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -165,44 +171,35 @@ def redis_url(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server():
     # No response cache: these tests must see the engine answer every time.
-    srv = Server(
+    with Server(
         "--parallel", str(PARALLEL), "--ctx", str(CTX), "--cache-url", "off",
         "--alias", SNIPPET_TEXT_MODEL,
-    )  # fmt: skip
-    try:
+    ) as srv:  # fmt: skip
         srv.wait_ready()
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="session")
 def qwen_url():
     """Qwen2.5-Coder-0.5B (native tool calling), started only for the tests that ask for it."""
-    srv = Server(
+    with Server(
         "--model", "Qwen/Qwen2.5-Coder-0.5B-Instruct", "--parallel", "4", "--ctx", "2048",
         "--cache-url", "off",
-    )  # fmt: skip
-    try:
+    ) as srv:  # fmt: skip
         srv.wait_ready(timeout=300)
         yield srv.url
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="session")
 def one_slot_url():
     """The default model with one slot and small forwards: requests queue behind each other
     and a prompt longer than --batch-tokens is prefilled in several chunks."""
-    srv = Server(
+    with Server(
         "--parallel", "1", "--ctx", str(CTX), "--batch-tokens", str(ONE_SLOT_BATCH_TOKENS),
         "--cache-url", "off",
-    )  # fmt: skip
-    try:
+    ) as srv:  # fmt: skip
         srv.wait_ready()
         yield srv.url
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="session")

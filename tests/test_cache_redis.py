@@ -105,12 +105,9 @@ def test_open_cache_rejects_a_bad_ttl(ttl, tmp_path):
 @pytest.fixture(scope="module")
 def chatd_on_redis(redis_url):
     """A real chatd whose response cache is the test's redis-server."""
-    srv = Server("--cache-url", redis_url, "--parallel", "2", "--ctx", "512")
-    try:
+    with Server("--cache-url", redis_url, "--parallel", "2", "--ctx", "512") as srv:
         srv.wait_ready()
         yield srv.url
-    finally:
-        srv.stop()
 
 
 def test_chatd_answers_a_repeated_request_from_redis(chatd_on_redis, raw):

@@ -24,15 +24,12 @@ BODY_LIMIT = 200_000
 @pytest.fixture(scope="session")
 def guarded():
     """A small server with tight connection limits, so that the slow cases are quick."""
-    srv = Server(
+    with Server(
         "--parallel", "2", "--ctx", "512", "--cache-url", "memory",
         "--max-body-bytes", str(BODY_LIMIT), "--header-timeout", "1", "--body-timeout", "1",
-    )  # fmt: skip
-    try:
+    ) as srv:  # fmt: skip
         srv.wait_ready()
         yield srv
-    finally:
-        srv.stop()
 
 
 def post_raw(url: str, content: bytes, **headers) -> httpx.Response:

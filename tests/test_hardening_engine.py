@@ -25,12 +25,9 @@ def strict_json(text: str):
 @pytest.fixture(scope="module")
 def cached_url():
     """A chatd with an in-memory response cache, for what the cache keeps."""
-    srv = Server("--parallel", "2", "--ctx", "512", "--cache-url", "memory")
-    try:
+    with Server("--parallel", "2", "--ctx", "512", "--cache-url", "memory") as srv:
         srv.wait_ready()
         yield srv.url
-    finally:
-        srv.stop()
 
 
 # -- item 5: finite logits, penalties and logprobs; the cache keeps only finite answers ---------

@@ -245,30 +245,24 @@ def cache_home(tmp_path_factory) -> Path:
 def pulling(hub, cache_home):
     """Pulls on demand (acme/* only), within a 1 GB budget; its default model is pulled at
     start and also answers to the name the seed's snippet uses."""
-    srv = Server(
+    with Server(
         "--model", SERVED_BY, "--alias", f"{SNIPPET_MODEL}={SERVED_BY}",
         "--pull", "auto", "--pull-allow", "acme/*",
         "--memory-budget", "1GB", "--cache-url", "off", "--parallel", "4", "--ctx", "1024",
         "--load-retry", "1", env=hub_env(hub, cache_home),
-    )  # fmt: skip
-    try:
+    ) as srv:  # fmt: skip
         srv.wait_ready(timeout=300)
         yield srv.url
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
 def keyed(hub, cache_home):
-    srv = Server(
+    with Server(
         "--model", SMOLLM2_ID, "--pull", "auto", "--api-key", KEY, "--cache-url", "off",
         env=hub_env(hub, cache_home),
-    )  # fmt: skip
-    try:
+    ) as srv:  # fmt: skip
         srv.wait_ready(timeout=300)
         yield srv.url
-    finally:
-        srv.stop()
 
 
 def models(url: str, **headers: str) -> dict[str, dict]:

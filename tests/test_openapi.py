@@ -166,12 +166,9 @@ def test_the_model_states_are_the_registrys():
 
 @pytest.fixture(scope="module")
 def chatd():
-    srv = Server("--parallel", "2", "--ctx", "512", "--cache-url", "off")
-    try:
+    with Server("--parallel", "2", "--ctx", "512", "--cache-url", "off") as srv:
         srv.wait_ready()
         yield srv
-    finally:
-        srv.stop()
 
 
 def _conforms(model: type[BaseModel], data: dict) -> None:

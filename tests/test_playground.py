@@ -75,12 +75,9 @@ def page(browser):
 @contextmanager
 def serving(*args: str) -> Iterator[str]:
     """A chatd of its own (no response cache) for the tests of one module; yields its URL."""
-    srv = Server("--cache-url", "off", *args)
-    try:
+    with Server("--cache-url", "off", *args) as srv:
         srv.wait_ready()
         yield srv.url
-    finally:
-        srv.stop()
 
 
 def same_gguf_as(*ids: str) -> list[str]:

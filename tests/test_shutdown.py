@@ -23,15 +23,12 @@ SHORT = 5
 
 @pytest.fixture
 def server():
-    srv = Server(
+    with Server(
         "--parallel", "4", "--ctx", "4096", "--cache-url", "off",
         "--shutdown-timeout", str(SHUTDOWN_TIMEOUT),
-    )  # fmt: skip
-    try:
+    ) as srv:  # fmt: skip
         srv.wait_ready()
         yield srv
-    finally:
-        srv.stop()
 
 
 def body(max_tokens: int, stream: bool) -> dict:
