@@ -251,6 +251,16 @@ def test_decompression_bombs_refused_from_the_header():
     assert "could not decode" in refused(data_url(fake_png(100, 100)))
 
 
+def test_extreme_aspect_ratios_refused_from_the_header():
+    """A 1 x 16000 image passes the pixel limit, but a processor that scales its short side
+    up makes it enormous: refused before any processor (or decoder) runs."""
+    assert "aspect ratio over 20:1" in refused(data_url(fake_png(1, 16_000)))
+    assert "aspect ratio over 20:1" in refused(data_url(fake_png(8000, 1)))
+    assert "aspect ratio over 4:1" in refused(data_url(fake_png(100, 500)), max_aspect=4)
+    # within the ratio, the header is decoded (this one has no pixel data)
+    assert "could not decode" in refused(data_url(fake_png(20, 400)))
+
+
 def test_pillow_bomb_warning_and_error_become_image_errors(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     small = data_url(encode(Image.new("RGB", (12, 12)), "PNG"))  # 144: Pillow warns
