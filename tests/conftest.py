@@ -42,16 +42,21 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"chatd-test-{self.port}.log"
+        self._log_file = self.log.open("w")
+        self.proc = subprocess.Popen(
+            self.command(*args),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def command(self, *args: str) -> list[str]:
         # Tests name their model: SmolLM2 unless they give one (not serve's default, Qwen).
         # And they never reach the real Hub: --pull never unless they say (test_hub.py).
         model = [] if "--model" in args else ["--model", SMOLLM2_ID]
         pull = [] if "--pull" in args else ["--pull", "never"]
-        cmd = [sys.executable, "-m", "chatd", "serve", "--port", str(self.port), *model, *pull]
-        cmd += args
-        self._log_file = self.log.open("w")
-        self.proc = subprocess.Popen(
-            cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
+        return [sys.executable, "-m", "chatd", "serve", "--port", str(self.port), *model, *pull,
+                *args]  # fmt: skip
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

@@ -8,7 +8,6 @@ import os
 import resource
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -126,7 +125,7 @@ class PipedServer(Server):
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"chatd-test-{self.port}.log"
         self._log_file = self.log.open("w")
-        cmd = [sys.executable, "-m", "chatd", "serve", "--port", str(self.port), *args]
+        cmd = self.command(*args)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._copier = threading.Thread(target=self._copy, daemon=True)
         self._copier.start()

@@ -27,7 +27,7 @@ BOUNDS = {
     "frequency_penalty": (-2, 2, False),
     "presence_penalty": (-2, 2, False),
     "repetition_penalty": (1e-300, None, False),
-    "seed": (-(2**63), 2**63 - 1, True),
+    "seed": (-(2**63), 2**64 - 1, True),  # int64, and uint64 as the same seeds mod 2**64
     "n": (1, 16, True),
     "top_logprobs": (0, 20, True),
 }

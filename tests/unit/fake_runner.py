@@ -38,8 +38,9 @@ class ByteTokenizer:
     chat_template = None
     bos_token, eos_token = "", "</s>"
     grammar_tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_LLVocab()))
+    specials: frozenset[str] = frozenset()  # no text reads as its end token
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, special: bool = True) -> list[int]:
         return list(text.encode())
 
 

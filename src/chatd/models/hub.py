@@ -13,11 +13,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
 from chatd.models.errors import ModelNotFound, NoWeights
 
 DEFAULT_QUANT = "Q4_K_M"
 # org/name with the Hub's characters, then an optional :QUANT.
-_HUB_ID = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(?::(?P<quant>[\w.-]+))?")
+_HUB_ID = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(?::(?P<quant>[\w.-]+))?", re.ASCII)
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 _QUANT_TOKEN = re.compile(r"^(I?Q\d\w*|TQ\d\w*|F16|BF16|F32)$", re.IGNORECASE)
 # The transformers runner's files, at the top of the repo (tokenizer.model, spiece.model:
@@ -51,7 +54,13 @@ class HubRef:
 
 
 def is_hub_id(name: str) -> bool:
-    return _HUB_ID.fullmatch(name) is not None
+    """ORG/NAME[:QUANT] as the Hub spells repo ids (huggingface_hub's own rules: ASCII, no
+    leading or trailing '-' or '.', at most 96 characters)."""
+    match = _HUB_ID.fullmatch(name)
+    try:
+        return match is not None and validate_repo_id(match["repo"]) is None
+    except HFValidationError:
+        return False
 
 
 @dataclass(frozen=True)
