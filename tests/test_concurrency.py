@@ -182,6 +182,29 @@ def _top(body: dict) -> list[dict]:
     return body["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
 
 
+def test_alternating_conversations_keep_their_own_cached_slots(base_url):
+    """Two conversations taking turns: each turn finds its own system prompt cached. Every chat
+    prompt shares its template's first tokens; a new conversation must take a free slot, not
+    the other conversation's (which the longest-prefix rule did: 5 % cached, now 94 %)."""
+    systems = [f"You are assistant {k} of this test. " + f"Rule {k}. " * 60 for k in "AB"]
+    cached = total = 0
+    for turn in range(8):
+        messages = [
+            {"role": "system", "content": systems[turn % 2]},
+            {"role": "user", "content": f"Question {turn}?"},
+        ]
+        r = httpx.post(
+            f"{base_url}/v1/chat/completions",
+            json={"messages": messages, "max_tokens": 2, "temperature": 0},
+            timeout=120,
+        )
+        usage = r.json()["usage"]
+        if turn >= 2:  # each conversation's first turn fills its slot
+            cached += usage["prompt_tokens_details"]["cached_tokens"]
+            total += usage["prompt_tokens"]
+    assert cached / total > 0.8, (cached, total)
+
+
 def test_chunked_prefill_answers_as_one_forward_does(base_url, one_slot_url):
     """The same distribution for the first token, up to the float noise of other batch shapes
     (a chunk at a wrong position or a lost chunk would change it entirely)."""
