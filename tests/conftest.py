@@ -78,12 +78,15 @@ class Server:
         self.stop()
 
     def stop(self) -> None:
+        self.end_process()
+        self._log_file.close()
+
+    def end_process(self) -> None:
         self.proc.terminate()
         try:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-        self._log_file.close()
 
 
 @contextlib.contextmanager

@@ -53,6 +53,14 @@ def serve_through_an_outage(url: str, log: Path) -> None:
     assert "Traceback" not in log.read_text()
 
 
+def recovers(url: str, log: Path) -> None:
+    """Once the backend is back: new answers are stored again, and that is logged, once."""
+    assert ask(url, "after").status_code == 200
+    wait_for_hit(url, "after")
+    assert "works again" in log.read_text()
+    assert len(cache_warnings(log.read_text())) == 1
+
+
 # -- Redis going away mid-run ---------------------------------------------------------------------
 
 
@@ -104,10 +112,7 @@ def test_redis_going_away_costs_the_cache_only(tmp_path):
         serve_through_an_outage(url, server.log)
 
         redis.start()  # empty: what was cached before is gone
-        assert ask(url, "after").status_code == 200
-        wait_for_hit(url, "after")
-        assert "works again" in server.log.read_text()
-        assert len(cache_warnings(server.log.read_text())) == 1
+        recovers(url, server.log)
     finally:
         server.stop()
         redis.stop()
@@ -136,12 +141,8 @@ class PipedServer(Server):
             self._log_file.flush()
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._copier.join(timeout=15)
+        self.end_process()
+        self._copier.join(timeout=15)  # the pipe's last lines, before the log is closed
         self._log_file.close()
 
 
@@ -167,9 +168,6 @@ def test_sqlite_on_a_full_disk_costs_the_cache_only(tmp_path):
 
         unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
         resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, unlimited)
-        assert ask(url, "after").status_code == 200
-        wait_for_hit(url, "after")
-        assert "works again" in server.log.read_text()
-        assert len(cache_warnings(server.log.read_text())) == 1
+        recovers(url, server.log)
     finally:
         server.stop()

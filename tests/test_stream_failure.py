@@ -28,6 +28,13 @@ from tests.conftest import serve_in_thread
 from tests.unit.fake_runner import ByteTokenizer
 
 
+def always_a(items, n_vocab: int) -> np.ndarray:
+    """Logits that pick "a" for every item that wants some."""
+    logits = np.zeros((sum(i.want_logits for i in items), n_vocab), np.float32)
+    logits[:, ord("a")] = 10.0
+    return logits
+
+
 class BreaksOnFourthForward:
     name = "test"
     vision = False
@@ -42,9 +49,7 @@ class BreaksOnFourthForward:
         self.calls += 1
         if self.calls == 4:
             raise RuntimeError("the device fell over")
-        logits = np.zeros((sum(i.want_logits for i in items), self.tokenizer.n_vocab), np.float32)
-        logits[:, ord("a")] = 10.0
-        return logits
+        return always_a(items, self.tokenizer.n_vocab)
 
     def truncate(self, slot: int, keep: int) -> int:
         return 0
@@ -129,9 +134,7 @@ class GatedRunner:
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("the device fell over")
-        logits = np.zeros((sum(i.want_logits for i in items), self.tokenizer.n_vocab), np.float32)
-        logits[:, ord("a")] = 10.0
-        return logits
+        return always_a(items, self.tokenizer.n_vocab)
 
     def truncate(self, slot: int, keep: int) -> int:
         return 0
