@@ -3,7 +3,7 @@
     python -m benchmarks.soak            # the long mode (5 minutes)
     python -m benchmarks.soak --short    # about a minute (tests/test_soak.py runs it)
 
-It starts its own chatd (`--parallel 16 --max-queue 32`, the default SmolLM2, no response
+It starts its own chatd (`--parallel 16 --max-queue 32`, SmolLM2-135M named, no response
 cache) so that it can read the server's memory, and keeps 64 clients busy: streams and JSON
 requests, some with a JSON schema (response_format) or tools, some leaving after two chunks,
 and some seeded requests whose text was first taken alone: a logit bias pins each one's tokens
@@ -26,14 +26,20 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from benchmarks.load import prompt_for
+from benchmarks.vs_llama_server import free_port, wait_healthy
+from chatd.models.sources import SMOLLM2_ID
 
 CLIENTS = 64
-SERVER_ARGS = ["--parallel", "16", "--max-queue", "32", "--ctx", "1024", "--cache-url", "off"]
+SERVER_ARGS = [
+    "--model", SMOLLM2_ID,  # named: `chatd serve` alone serves Qwen
+    "--parallel", "16", "--max-queue", "32", "--ctx", "1024", "--cache-url", "off",
+]  # fmt: skip
 MAX_TOKENS = 16
 SEEDED = [  # (prompt, seed, token): their solo texts are what the load must reproduce
     ("Write a short story about a cat.", 11, 28),
@@ -302,30 +308,17 @@ class ChatdProcess:
     """A chatd subprocess on a free port, with the soak's settings."""
 
     def __init__(self, log_path: str):
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
         cmd = [sys.executable, "-m", "chatd", "serve", "--port", str(self.port), *SERVER_ARGS]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"chatd exited early, see {self.log.name}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"chatd not ready after {timeout}s, see {self.log.name}")
+        wait_healthy("chatd", self.proc, self.url, Path(self.log.name), timeout)
 
     def stop(self) -> int:
+        """SIGTERM, as an operator would stop it: its exit code (a clean stop is 0)."""
         self.proc.terminate()
         try:
             code = self.proc.wait(timeout=60)

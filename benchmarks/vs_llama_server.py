@@ -135,16 +135,7 @@ def serving(
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} not healthy after {timeout:.0f} s:\n{tail(log)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                    break
-            time.sleep(0.25)
+        wait_healthy(name, proc, url, log, timeout)
         yield url, proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -155,6 +146,22 @@ def serving(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def wait_healthy(
+    name: str, proc: subprocess.Popen, url: str, log: Path, timeout: float = 300.0
+) -> None:
+    """Until the server's /health answers 200; raises if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not healthy after {timeout:.0f} s:\n{tail(log)}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return
+        time.sleep(0.25)
 
 
 def machine_busy(seconds: float = 3.0) -> float:
