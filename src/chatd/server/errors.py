@@ -60,6 +60,11 @@ def bad_request(message: str) -> ChatdError:
     return ChatdError(400, message, "validation")
 
 
+def client_gone() -> ChatdError:
+    """A client that left: 499, which nobody reads but the metrics count."""
+    return ChatdError(499, "client closed the request", "cancelled")
+
+
 def error_response(err: ChatdError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
@@ -117,8 +122,8 @@ async def _known(_: Request, exc: Exception):
 
 
 async def _gone(_: Request, exc: ClientDisconnect):
-    """A client that leaves while sending its body is no server error: nobody reads this."""
-    return error_response(ChatdError(499, "client closed the request", "cancelled"))
+    """A client that leaves while sending its body is no server error."""
+    return error_response(client_gone())
 
 
 def install(app: FastAPI) -> None:

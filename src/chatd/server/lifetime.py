@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from chatd.server.backend import Answer
 from chatd.server.caching import CacheLookup
-from chatd.server.errors import ChatdError
+from chatd.server.errors import ChatdError, client_gone
 from chatd.server.streaming import sse
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -126,5 +126,5 @@ async def _unless_disconnected(receive: Receive, work) -> dict[str, Any]:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     if task.cancelled():
-        raise ChatdError(499, "client closed the request", "cancelled")
+        raise client_gone()
     return task.result()
