@@ -142,6 +142,16 @@ BODY_ROWS: list[tuple[str, object, set[int]]] = [
         BAD,
     ),
     (
+        "tool-name-empty",
+        {"messages": USER, "tools": [{"function": {"name": "", "parameters": {}}}]},
+        BAD,
+    ),
+    (
+        "tool-name-with-spaces",
+        {"messages": USER, "tools": [{"function": {"name": "a b", "parameters": {}}}]},
+        BAD,
+    ),
+    (
         "tool-parameters-list",
         {"messages": USER, "tools": [{"function": {"name": "f", "parameters": [1]}}]},
         BAD,

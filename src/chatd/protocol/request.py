@@ -59,7 +59,8 @@ class Message(_Lenient):
 
 
 class FunctionDef(_Lenient):
-    name: str
+    # OpenAI's rule: the model writes this name back, so it must be a plain word.
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
     # OpenAI and HF 2.x call the schema `parameters`, TGI and older HF `arguments`.
     parameters: dict[str, Any] | None = None
