@@ -89,6 +89,12 @@ def test_the_store_never_holds_more_than_its_bytes():
     assert found(store, too_big) is None and store.stats().bytes <= 100
 
 
+def test_a_state_that_is_not_the_prefix_asked_for_is_not_kept():
+    store = PrefixStore(10**6, block=BLOCK)
+    store.save(A, lambda: KVState(0, 0, ()))  # the runner could not cut the slot at len(A)
+    assert found(store, A) is None and store.stats().entries == 0
+
+
 def test_restores_are_counted():
     store, _ = store_with(A)
     store.restored(store.find(A + [1], len(A)))

@@ -74,8 +74,8 @@ class PrefixStore:
                 self._entries.move_to_end(entry)
                 return
         state = saver()
-        if state.nbytes > self.max_bytes:
-            return
+        if state.n_tokens != len(tokens) or state.nbytes > self.max_bytes:
+            return  # a runner that could not cut the slot at the prefix; or too big ever to fit
         self._remove(self._prefixes_of(tokens, chain))
         while self._bytes + state.nbytes > self.max_bytes:
             self._remove([next(iter(self._entries))])
