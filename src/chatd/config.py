@@ -198,6 +198,11 @@ class BatchSettings(BaseModel):
     parallel: int = Field(8, ge=1, description="sequences decoded together (KV slots), per model")
     ctx: int = Field(4096, ge=16, description="tokens per sequence (prompt + answer)")
     batch_tokens: int = Field(512, ge=1, description="tokens one forward pass may take")
+    prefix_cache_bytes: Size = Field(
+        2 * 2**30,
+        description="host memory per model for the KV cache of prompts whose slot was taken, "
+        "restored for a prompt that begins with one, e.g. 2GiB (0: off)",
+    )
     max_n: int = Field(16, ge=1, description="largest n (choices) per request")
     max_queue: int = Field(256, ge=1, description="requests waiting per model before 429")
     request_timeout: Seconds = Field(

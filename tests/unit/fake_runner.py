@@ -11,10 +11,11 @@ from __future__ import annotations
 import llguidance
 import numpy as np
 
-from chatd.engine.runners.base import BatchItem
+from chatd.engine.runners.base import BatchItem, KVState
 
 EOS = 256
 FAVOURED = 10.0  # the logit of the favoured token; every other token has 0
+STATE_BYTES = 100  # what a saved prefix "holds" per token
 
 
 class _LLVocab:
@@ -68,6 +69,7 @@ class FakeRunner:
         # Each forward's items as (slot, start, text, want_logits), to assert on exactly.
         self.calls: list[list[tuple[int, int, str, bool]]] = []
         self.truncations: list[tuple[int, int]] = []
+        self.restores: list[tuple[int, int]] = []  # (slot, tokens) of each restore_prefix
         self.fail_on: set[int] = set()  # the forwards (1 for the first) that raise
         self.closed = False
 
@@ -91,6 +93,17 @@ class FakeRunner:
         self.truncations.append((slot, keep))
         del self.cache[slot][keep:]
         return keep
+
+    def save_prefix(self, slot: int, n_tokens: int) -> KVState:
+        cache = self.cache[slot]
+        assert n_tokens <= len(cache), f"slot {slot} holds fewer than {n_tokens} tokens"
+        del cache[n_tokens:]
+        return KVState(n_tokens, n_tokens * STATE_BYTES, list(cache))
+
+    def restore_prefix(self, slot: int, state: KVState) -> int:
+        self.restores.append((slot, state.n_tokens))
+        self.cache[slot] = list(state.data)
+        return state.n_tokens
 
     def close(self) -> None:
         self.closed = True

@@ -8,6 +8,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from chatd.engine.prefix_store import PrefixStats
 from chatd.models.registry import ModelState
 from chatd.server.auth import ApiKeyMiddleware
 from chatd.server.metrics import Metrics, MetricsMiddleware
@@ -174,6 +175,18 @@ def test_add_tokens(metrics):
     assert value(metrics, "chatd_prompt_tokens_total", model="m") == 15
     assert value(metrics, "chatd_generated_tokens_total", model="m") == 4
     assert value(metrics, "chatd_prompt_tokens_total", model="other") == 1
+
+
+def test_prefix_stores_show_what_each_engine_reported_last(metrics):
+    metrics.set_prefix_stores(
+        {"m": PrefixStats(bytes=4096, entries=2, restores=3, restored_tokens=90)}
+    )
+    assert value(metrics, "chatd_prefix_store_bytes", model="m") == 4096
+    assert value(metrics, "chatd_prefix_store_entries", model="m") == 2
+    assert value(metrics, "chatd_prefix_store_restores_total", model="m") == 3
+    assert value(metrics, "chatd_prefix_store_restored_tokens_total", model="m") == 90
+    metrics.set_prefix_stores({})  # the model was unloaded
+    assert value(metrics, "chatd_prefix_store_bytes", model="m") is None
 
 
 def test_cache_hits_and_misses(metrics):

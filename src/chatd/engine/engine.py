@@ -11,6 +11,7 @@ import time
 from typing import Protocol
 
 from chatd.engine.constraints import Grammars
+from chatd.engine.prefix_store import PrefixStats, PrefixStore
 from chatd.engine.runners.base import Runner
 from chatd.engine.scheduler import Events, Scheduler, SchedulerThread
 from chatd.engine.sequence import Sequence
@@ -72,11 +73,13 @@ class Generation:
 
 
 class Engine:
-    def __init__(self, runner: Runner, start: bool = True):
+    def __init__(self, runner: Runner, start: bool = True, prefix_cache_bytes: int = 0):
+        """prefix_cache_bytes: the host memory the prefix store may hold (0: no store)."""
         self.runner = runner
         self.tokenizer = runner.tokenizer
         self.grammars = Grammars(runner.tokenizer)
-        self.scheduler = Scheduler(runner)
+        store = PrefixStore(prefix_cache_bytes) if prefix_cache_bytes else None
+        self.scheduler = Scheduler(runner, store)
         self._thread = SchedulerThread(self.scheduler, self._on_events)
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.observer: Observer | None = None
@@ -99,6 +102,11 @@ class Engine:
 
     def load(self) -> Load:
         return self.scheduler.load()
+
+    def prefix_stats(self) -> PrefixStats | None:
+        """What the prefix store holds and restored (None: no store); read from any thread."""
+        store = self.scheduler.prefix_store
+        return store and store.stats()
 
     def step(self) -> None:
         """One scheduler step on this thread, its events delivered: for an engine made with

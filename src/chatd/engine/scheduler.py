@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from chatd.engine.constraints import allowed_tokens, fill_masks
+from chatd.engine.prefix_store import PrefixStore
 from chatd.engine.runners.base import BatchItem, Runner
 from chatd.engine.sampler import adjust_logits, choose, log_softmax_at
 from chatd.engine.sequence import Sequence, Status
@@ -29,7 +30,7 @@ Events = list[tuple[Sequence, TokenEvent]]
 
 
 class Scheduler:
-    def __init__(self, runner: Runner):
+    def __init__(self, runner: Runner, prefix_store: PrefixStore | None = None):
         self.runner = runner
         self.tokenizer = runner.tokenizer
         # Guards what other threads hand in (submissions, aborts); SchedulerThread waits on it.
@@ -39,6 +40,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.slots = SlotTable(runner.n_slots)
+        self.prefix_store = prefix_store
 
     # -- safe from any thread -----------------------------------------------------------------
 
@@ -95,10 +97,30 @@ class Scheduler:
         while self.waiting and self.slots.n_free:
             seq = self.waiting.popleft()
             slot, reused = self.slots.take(seq.request.prompt, seq.reusable)
+            if self.prefix_store is not None:
+                reused = self._swap_prefix(slot, seq, reused)
             reused = self.runner.truncate(slot, reused)
             seq.slot, seq.n_cached, seq.n_reused = slot, reused, reused
             seq.status = Status.RUNNING
             self.running.append(seq)
+
+    def _swap_prefix(self, slot: int, seq: Sequence, reused: int) -> int:
+        """Saves what the slot is about to lose to the prefix store, and restores a longer stored
+        prefix of the prompt into it: how many prompt tokens the slot then holds."""
+        store, cached, prompt = self.prefix_store, self.slots.cached(slot), seq.request.prompt
+        try:
+            if len(cached) - reused >= store.block:  # a block or more is about to be overwritten
+                store.save(cached, lambda: self.runner.save_prefix(slot, len(cached)))
+            match = store.find(prompt, min(len(prompt) - 1, seq.reusable))
+            if match is None or match.n_tokens <= reused:
+                return reused
+            if not self.runner.restore_prefix(slot, match.state):
+                return 0
+        except Exception:  # the store only saves time: answer without it
+            log.exception("prefix store: saving or restoring a slot failed")
+            return 0  # what the slot holds is unknown: prefill the whole prompt
+        store.restored(match)
+        return match.n_tokens
 
     def _plan(self) -> tuple[list[BatchItem], list[Sequence]]:
         """Decoding sequences first (one token each), then prompt chunks within the budget."""

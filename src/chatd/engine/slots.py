@@ -31,15 +31,19 @@ class SlotTable:
         best, best_len = None, 0
         for slot in sorted(self._free):
             cached = self._cached[slot]
-            n = _common_prefix(cached, prompt)
+            n = common_prefix(cached, prompt)
             if n > best_len and n >= MIN_KEPT * len(cached):
                 best, best_len = slot, n
         if best is None:  # no cache worth keeping: an empty slot, else the least recently used
             best = min(self._free, key=lambda s: (bool(self._cached[s]), self._released[s], s))
-            best_len = _common_prefix(self._cached[best], prompt)  # overwritten past that anyway
+            best_len = common_prefix(self._cached[best], prompt)  # overwritten past that anyway
         self._free.remove(best)
         # At least the last prompt token must run again: its logits give the first sample.
         return best, min(best_len, len(prompt) - 1, reusable)
+
+    def cached(self, slot: int) -> list[int]:
+        """The tokens the slot's cache holds from its last sequence."""
+        return self._cached[slot]
 
     def release(self, slot: int, cached: list[int]) -> None:
         """Frees the slot, which keeps `cached` (the first tokens of its KV cache) for reuse."""
@@ -48,7 +52,7 @@ class SlotTable:
         self._free.add(slot)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
         if a[i] != b[i]:

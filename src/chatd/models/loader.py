@@ -29,7 +29,8 @@ def load_model(
     runner = open_runner(materialise(source), settings, progress)
     tok = runner.tokenizer
     template = ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token)
-    return LoadedModel(source.id, Engine(runner), template)
+    engine = Engine(runner, prefix_cache_bytes=settings.prefix_cache_bytes)
+    return LoadedModel(source.id, engine, template)
 
 
 def open_runner(path: Path, settings: Settings, progress: Callable[[float], None]) -> Runner:

@@ -60,10 +60,14 @@ def create_app(settings: Settings, registry: Registry, backend: Backend | None =
 
     @app.get("/metrics", openapi_extra=metrics_doc)
     async def prometheus() -> Response:
+        stores = {}
         for entry in registry.entries.values():
             if entry.loaded:  # gauges read now, at scrape time
                 load = entry.loaded.engine.load()
                 metrics.set_sequences(entry.id, load.running, load.waiting)
+                if stats := entry.loaded.engine.prefix_stats():
+                    stores[entry.id] = stats
+        metrics.set_prefix_stores(stores)
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 

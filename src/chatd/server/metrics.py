@@ -20,8 +20,11 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chatd.engine.prefix_store import PrefixStats
 from chatd.server.auth import route_path
 
 MODEL_STATES = ("downloading", "available", "loading", "ready", "failed")
@@ -83,6 +86,8 @@ class Metrics:
             "chatd_model_state", "1 for the model's current state, 0 for the others",
             ["model", "state"], registry=r,
         )  # fmt: skip
+        self._prefix_stores = _PrefixStores()
+        r.register(self._prefix_stores)
         if process:
             ProcessCollector(registry=r)
         # The four state gauges of a model change together; a lock keeps two transitions from
@@ -112,6 +117,10 @@ class Metrics:
         self.prompt_tokens.labels(model=model).inc(prompt)
         self.generated_tokens.labels(model=model).inc(generated)
 
+    def set_prefix_stores(self, stats: dict[str, PrefixStats]) -> None:
+        """Every loaded model's prefix store, as its engine reports it now (at scrape time)."""
+        self._prefix_stores.stats = stats
+
     def cache_hit(self) -> None:
         self.cache_hits.inc()
 
@@ -133,6 +142,36 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type, for the /metrics response."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _PrefixStores(Collector):
+    """The prefix stores' figures: the engines count them, the scrape reads them."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, PrefixStats] = {}
+
+    def collect(self):
+        families = {
+            "bytes": GaugeMetricFamily(
+                "chatd_prefix_store_bytes", "Host memory held by the prefix store", labels=["model"]
+            ),
+            "entries": GaugeMetricFamily(
+                "chatd_prefix_store_entries", "KV prefixes in the prefix store", labels=["model"]
+            ),
+            "restores": CounterMetricFamily(
+                "chatd_prefix_store_restores",
+                "Prompts that got a stored prefix restored into their slot", labels=["model"],
+            ),
+            "restored_tokens": CounterMetricFamily(
+                "chatd_prefix_store_restored_tokens",
+                "Prompt tokens restored from the prefix store instead of prefilled",
+                labels=["model"],
+            ),
+        }  # fmt: skip
+        for model, stats in self.stats.items():
+            for name, family in families.items():
+                family.add_metric([model], getattr(stats, name))
+        return list(families.values())
 
 
 class MetricsMiddleware:

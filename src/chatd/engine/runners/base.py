@@ -21,6 +21,15 @@ class BatchItem:
     images: PromptImages | None = None  # the sequence's processed images, if any
 
 
+@dataclass(frozen=True)
+class KVState:
+    """A slot's first `n_tokens` of KV cache, copied to host memory (Runner.save_prefix)."""
+
+    n_tokens: int
+    nbytes: int  # what the copy holds in memory
+    data: Any  # the runner's own form: opaque to all but the runner that saved it
+
+
 class Tokenizer(Protocol):
     n_vocab: int
     token_bytes: list[bytes]  # the bytes each token stands for (empty for control tokens)
@@ -67,6 +76,16 @@ class Runner(Protocol):
 
     def truncate(self, slot: int, keep: int) -> int:
         """Forget the slot's cached tokens from position `keep` on; returns how many it kept."""
+        ...
+
+    def save_prefix(self, slot: int, n_tokens: int) -> KVState:
+        """A host-memory copy of the slot's first n_tokens of KV cache (it holds at least that
+        many); the slot may drop what it holds past them."""
+        ...
+
+    def restore_prefix(self, slot: int, state: KVState) -> int:
+        """Replace the slot's KV cache with a saved state (of any slot); returns how many tokens
+        the slot now holds (0 if it could not: the slot is then empty)."""
         ...
 
     def close(self) -> None: ...

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
+from chatd.engine.runners.base import KVState
+
 
 class _Layer:
     """What transformers' modelling code may read of a cache layer: Mllama's cross-attention
@@ -73,6 +75,21 @@ class SlotCache(Cache):
         keys[self._batch, :, self._pos] = key_states.transpose(1, 2)
         values[self._batch, :, self._pos] = value_states.transpose(1, 2)
         return keys[:, :, : self._kv_len], values[:, :, : self._kv_len]
+
+    def save(self, slot: int, n_tokens: int) -> KVState:
+        """The slot's first n_tokens positions of every layer, copied to host memory."""
+        rows = [
+            t[slot, :, :n_tokens].to("cpu", copy=True)
+            for t in (*self.keys, *self.values)
+            if t is not None
+        ]
+        return KVState(n_tokens, sum(r.numel() * r.element_size() for r in rows), rows)
+
+    def restore(self, slot: int, state: KVState) -> int:
+        blocks = [t for t in (*self.keys, *self.values) if t is not None]
+        for block, saved in zip(blocks, state.data, strict=True):
+            block[slot, :, : state.n_tokens].copy_(saved)
+        return state.n_tokens
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # unused: every forward passes its positions

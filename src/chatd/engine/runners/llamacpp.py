@@ -15,7 +15,7 @@ import llama_cpp
 import numpy as np
 from llguidance.llamacpp import lltokenizer_from_vocab
 
-from chatd.engine.runners.base import BatchItem, token_budget
+from chatd.engine.runners.base import BatchItem, KVState, token_budget
 
 # llama.cpp logs every tensor on load to stderr unless told otherwise.
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
@@ -154,6 +154,19 @@ class LlamaCppRunner:
             return keep
         llama_cpp.llama_memory_seq_rm(self.memory, slot, -1, -1)  # whole removal never fails
         return 0
+
+    def save_prefix(self, slot: int, n_tokens: int) -> KVState:
+        # The sequence's state is all it holds: first drop what lies past the prefix.
+        n_tokens = self.truncate(slot, n_tokens)
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, slot)
+        data = (ctypes.c_uint8 * size).from_buffer(bytearray(size))
+        written = llama_cpp.llama_state_seq_get_data(self.ctx, data, size, slot)
+        return KVState(n_tokens, written, data)
+
+    def restore_prefix(self, slot: int, state: KVState) -> int:
+        # llama.cpp empties the sequence first, and again if the state does not fit.
+        read = llama_cpp.llama_state_seq_set_data(self.ctx, state.data, state.nbytes, slot)
+        return state.n_tokens if read else 0
 
     def close(self) -> None:
         if self.ctx:

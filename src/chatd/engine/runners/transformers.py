@@ -28,7 +28,7 @@ from transformers.models.auto.processing_auto import (
     processor_class_from_name,
 )
 
-from chatd.engine.runners.base import BatchItem, token_budget
+from chatd.engine.runners.base import BatchItem, KVState, token_budget
 from chatd.engine.runners.hf_tokenizer import HFTokenizer
 from chatd.engine.runners.kv_slots import SlotCache, causal_mask
 from chatd.engine.runners.vision import VisionPrompt, inputs_for
@@ -160,6 +160,12 @@ class TransformersRunner:
 
     def truncate(self, slot: int, keep: int) -> int:
         return keep  # positions past `keep` are overwritten before they are read again
+
+    def save_prefix(self, slot: int, n_tokens: int) -> KVState:
+        return self.cache.save(slot, n_tokens)
+
+    def restore_prefix(self, slot: int, state: KVState) -> int:
+        return self.cache.restore(slot, state)
 
     def close(self) -> None:
         self.model = self.cache = None
