@@ -1,0 +1,120 @@
+"""A Ray cluster of three nodes on loopback (a head and two workers, small object stores, no
+dashboard), with chatd deployed on it once per session: two SmolLM2 replicas, one thread
+each. Every Ray socket listens on 127.0.0.1: `ray.cluster_utils.Cluster` binds what
+`ray start` would open on every interface (research/scale-out-ray.md, pitfall 2)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chatd.config import load_settings
+from chatd.models.sources import SMOLLM2_ID, resolve
+from tests.conftest import free_port, unavailable, wait_until
+
+LOOPBACK = "127.0.0.1"
+ENV = {
+    # Ray otherwise rewrites 127.0.0.1 in the address to the host's routable IP and waits
+    # forever for a GCS that listens on loopback only (pitfall 1).
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # Autoscaling metrics every 0.5 s instead of 10 s, for the autoscaling test.
+    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+}
+# Set before Ray is imported: it reads them once, and its processes inherit them.
+os.environ.update(ENV)
+OBJECT_STORE = 100 * 2**20
+# Model ids beside the default, all SmolLM2's file: three for the model-affinity test, one
+# for the 503 of a model still loading.
+AFFINITY_MODELS = ("smol-a", "smol-b", "smol-c")
+LOADING_MODEL = "smol-loading"
+MAX_QUEUE = 4  # a request with n above it is refused at once: the 429 test
+REPLICA_PREFIX = "SERVE_REPLICA::chatd#ChatdReplica#"
+
+
+def cluster_settings(**changes):
+    path = resolve(SMOLLM2_ID, Path.home() / ".cache" / "chatd").path
+    given = {
+        "models": [SMOLLM2_ID, *(f"{m}={path}" for m in (*AFFINITY_MODELS, LOADING_MODEL))],
+        "threads": 1,
+        "parallel": 2,
+        "ctx": 1024,
+        "max_queue": MAX_QUEUE,
+        "max_n": 8,
+        "pull": "never",
+        "cache_url": "memory",
+        "replicas": 2,
+        "host": LOOPBACK,
+        "port": free_port(),
+    }
+    return load_settings({**given, **changes})
+
+
+class RayCluster:
+    def __init__(self, ray, cluster, settings):
+        self.ray, self.cluster, self.settings = ray, cluster, settings
+        self.url = f"http://{LOOPBACK}:{settings.port}"
+
+    def replica_names(self) -> list[str]:
+        """The replicas' actor names (a killed actor's name is freed)."""
+        named = self.ray.util.list_named_actors(all_namespaces=True)
+        return [a["name"] for a in named if a["name"].startswith(REPLICA_PREFIX)]
+
+    def replica(self, replica_id: str):
+        return self.ray.get_actor(REPLICA_PREFIX + replica_id, namespace="serve")
+
+    def stats(self) -> list[dict]:
+        """Each live replica's record_routing_stats (models, loads, running)."""
+        actors = [self.ray.get_actor(n, namespace="serve") for n in self.replica_names()]
+        return self.ray.get([a.record_routing_stats.remote() for a in actors], timeout=30)
+
+    def running_replicas(self) -> int:
+        from ray import serve
+
+        app = serve.status().applications["chatd"]
+        states = app.deployments["ChatdReplica"].replica_states
+        return states.get("RUNNING", 0)
+
+    def deploy(self, settings, autoscaling=None) -> None:
+        from chatd.cluster import deploy
+
+        deploy.start(settings, autoscaling)
+        self.settings = settings
+        wait_until(self.healthy, 180, "chatd on the cluster to answer /health")
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    try:
+        import ray
+        from ray.cluster_utils import Cluster
+    except ImportError:
+        unavailable("ray[serve] is not installed: pip install -e '.[cluster]'")
+    node = {"node_ip_address": LOOPBACK, "num_cpus": 1, "object_store_memory": OBJECT_STORE}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    try:
+        for _ in range(2):
+            cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        port = cluster.address.rsplit(":", 1)[1]
+        ray.init(address=f"{LOOPBACK}:{port}", log_to_driver=False, logging_level="warning")
+        running = RayCluster(ray, cluster, cluster_settings())
+        running.deploy(running.settings)
+        yield running
+    finally:
+        from ray import serve
+
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+        cluster.shutdown()
