@@ -21,8 +21,9 @@ ENV = {
     # forever for a GCS that listens on loopback only (pitfall 1).
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
-    # Autoscaling metrics every 0.5 s instead of 10 s, for the autoscaling test.
-    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+    # Autoscaling metrics every 0.5 s instead of 10 s, for the autoscaling test, from the
+    # replicas (which report while idle too; an idle handle's last report lingers).
+    "RAY_SERVE_COLLECT_AUTOSCALING_METRICS_ON_HANDLE": "0",
     "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
 }
 # Set before Ray is imported: it reads them once, and its processes inherit them.
@@ -72,12 +73,13 @@ class RayCluster:
         actors = [self.ray.get_actor(n, namespace="serve") for n in self.replica_names()]
         return self.ray.get([a.record_routing_stats.remote() for a in actors], timeout=30)
 
-    def running_replicas(self) -> int:
+    def replica_states(self) -> dict[str, int]:
+        """How many replicas are in each state: {"RUNNING": 2}, {"STARTING": 1, ...}."""
         from ray import serve
 
         app = serve.status().applications["chatd"]
         states = app.deployments["ChatdReplica"].replica_states
-        return states.get("RUNNING", 0)
+        return {state: n for state, n in states.items() if n}
 
     def deploy(self, settings, autoscaling=None) -> None:
         from chatd.cluster import deploy

@@ -15,6 +15,7 @@ from typing import Any
 
 from ray import serve
 
+from chatd.cluster import listen
 from chatd.config import Settings
 from chatd.models import sources
 from chatd.models.registry import ModelEntry, ModelState, Registry
@@ -23,6 +24,7 @@ from chatd.server.backend import LocalBackend
 from chatd.server.errors import STATUS, ChatdError, as_chatd
 
 BATCH_S = 0.02
+listen.on_node_ip()  # this module is imported in every replica process, the ingress's too
 
 
 @dataclass
