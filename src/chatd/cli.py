@@ -209,6 +209,11 @@ def _on_cluster(action):
     except SettingsError as exc:
         console.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    except RuntimeError as exc:  # Serve's "Deploying application chatd failed: ..."
+        console.print(f"{exc} (the replicas' logs say why: ray logs, or the head node's "
+                      "/tmp/ray/session_latest/logs/serve/)", style="red", markup=False,
+                      highlight=False, soft_wrap=True)  # fmt: skip
+        raise typer.Exit(1) from None
 
 
 cluster = typer.Typer(help="chatd on a Ray cluster (the chatd[cluster] extra).")

@@ -95,7 +95,11 @@ def run(settings: Settings) -> None:
 
     ray.init(address=settings.cluster, logging_level=settings.log_level.upper())
     try:
-        start(settings)
+        try:
+            start(settings)
+        except RuntimeError:  # a replica failed to start: nothing is left half-deployed
+            serve.delete(APP)
+            raise
         print(f"chatd on Ray Serve at http://{settings.host}:{settings.port}", file=sys.stderr)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
