@@ -5,30 +5,24 @@ each. Every Ray socket listens on 127.0.0.1: `ray.cluster_utils.Cluster` binds w
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import httpx
 import pytest
 
+from chatd.cluster.local import LOOPBACK, loopback_cluster, loopback_env
 from chatd.config import load_settings
 from chatd.models.sources import SMOLLM2_ID, resolve
 from tests.conftest import free_port, unavailable, wait_until
 
-LOOPBACK = "127.0.0.1"
+# Autoscaling metrics every 0.5 s instead of 10 s, for the autoscaling test, from the
+# replicas (which report while idle too; an idle handle's last report lingers). Set before
+# Ray is imported: it reads them once, and its processes inherit them.
 ENV = {
-    # Ray otherwise rewrites 127.0.0.1 in the address to the host's routable IP and waits
-    # forever for a GCS that listens on loopback only (pitfall 1).
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    # Autoscaling metrics every 0.5 s instead of 10 s, for the autoscaling test, from the
-    # replicas (which report while idle too; an idle handle's last report lingers).
     "RAY_SERVE_COLLECT_AUTOSCALING_METRICS_ON_HANDLE": "0",
     "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
 }
-# Set before Ray is imported: it reads them once, and its processes inherit them.
-os.environ.update(ENV)
-OBJECT_STORE = 100 * 2**20
+loopback_env(**ENV)  # before any test module here imports Ray
 # Model ids beside the default, all SmolLM2's file: three for the model-affinity test, one
 # for the 503 of a model still loading.
 AFFINITY_MODELS = ("smol-a", "smol-b", "smol-c")
@@ -99,24 +93,10 @@ class RayCluster:
 def ray_cluster():
     try:
         import ray
-        from ray.cluster_utils import Cluster
     except ImportError:
         unavailable("ray[serve] is not installed: pip install -e '.[cluster]'")
-    node = {"node_ip_address": LOOPBACK, "num_cpus": 1, "object_store_memory": OBJECT_STORE}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
-    try:
-        for _ in range(2):
-            cluster.add_node(**node)
-        cluster.wait_for_nodes()
-        port = cluster.address.rsplit(":", 1)[1]
-        ray.init(address=f"{LOOPBACK}:{port}", log_to_driver=False, logging_level="warning")
+
+    with loopback_cluster(nodes=3) as cluster:
         running = RayCluster(ray, cluster, cluster_settings())
         running.deploy(running.settings)
         yield running
-    finally:
-        from ray import serve
-
-        if ray.is_initialized():
-            serve.shutdown()
-            ray.shutdown()
-        cluster.shutdown()
