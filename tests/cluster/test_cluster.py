@@ -194,6 +194,25 @@ def test_a_disconnect_frees_the_replica_and_a_hit_needs_none(ray_cluster):
     assert again.json()["choices"] == first.json()["choices"]
 
 
+def test_a_non_stream_request_whose_replica_is_lost_is_answered_by_another(ray_cluster):
+    answer: list[httpx.Response] = []
+    body = {"max_tokens": 300, "logit_bias": NO_END}
+    asking = threading.Thread(target=lambda: answer.append(post(ray_cluster.url, NO_CACHE, **body)))
+    asking.start()
+
+    def busy() -> list[str]:
+        return [s["replica"] for s in ray_cluster.stats() if s["running"]]
+
+    wait_until(busy, 60, "the request to start on a replica")
+    (lost,) = busy()
+    ray_cluster.ray.kill(ray_cluster.replica(lost), no_restart=True)
+    asking.join()
+    (r,) = answer
+    assert r.status_code == 200, r.text
+    assert r.headers[REPLICA] != lost and r.json()["usage"]["completion_tokens"] == 300
+    wait_until(lambda: ray_cluster.replica_states() == {"RUNNING": 2}, 120, "a replacement")
+
+
 def test_a_replica_lost_mid_stream_ends_it_with_replica_lost(ray_cluster):
     body = {"messages": HELLO, "max_tokens": 600, "logit_bias": NO_END, "stream": True}
     with httpx.stream(
