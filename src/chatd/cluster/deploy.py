@@ -93,6 +93,7 @@ def run(settings: Settings) -> None:
     """`chatd serve --cluster ADDRESS`: deploy, wait for Ctrl-C or SIGTERM, take it down."""
     import ray
 
+    check_shared_cache(settings)  # before connecting: a refusal needs no cluster
     ray.init(address=settings.cluster, logging_level=settings.log_level.upper())
     try:
         try:
