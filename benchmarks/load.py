@@ -85,14 +85,15 @@ async def one_request(
     client: httpx.AsyncClient,
     url: str,
     model: str,
-    prompt: str,
+    prompt: str | list[dict[str, Any]],  # a user message, or the whole conversation
     max_tokens: int,
     extra_body: dict[str, Any] | None = None,
 ) -> Result:
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     body = {
         **(extra_body or {}),
         "model": model,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,

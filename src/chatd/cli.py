@@ -111,6 +111,9 @@ def serve(
     if print_settings:
         typer.echo(settings.model_dump_json(indent=2))
         return
+    if settings.cluster:
+        _on_cluster(lambda deploy: deploy.run(settings))
+        return
     from chatd.models import sources
     from chatd.models.registry import Registry
     from chatd.server import http
@@ -191,6 +194,39 @@ def _pull_with_progress(ref, memory_budget: int = 0) -> Path:
         progress.stop()
     console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(1)
+
+
+def _on_cluster(action):
+    """Run `action(chatd.cluster.deploy)`: exit 2 with the reason if the cluster extra is
+    not installed or the settings do not fit a cluster."""
+    try:
+        from chatd.cluster import deploy
+    except ImportError as exc:
+        console.print(f"[red]{exc.name}: the cluster needs pip install 'chatd[cluster]'[/red]")
+        raise typer.Exit(2) from exc
+    try:
+        return action(deploy)
+    except SettingsError as exc:
+        console.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except RuntimeError as exc:  # Serve's "Deploying application chatd failed: ..."
+        console.print(f"{exc} (the replicas' logs say why: ray logs, or the head node's "
+                      "/tmp/ray/session_latest/logs/serve/)", style="red", markup=False,
+                      highlight=False, soft_wrap=True)  # fmt: skip
+        raise typer.Exit(1) from None
+
+
+cluster = typer.Typer(help="chatd on a Ray cluster (the chatd[cluster] extra).")
+app.add_typer(cluster, name="cluster")
+
+
+@cluster.command("config")
+@setting_options()
+def cluster_config(context: typer.Context, **options: Any):
+    """Print a Ray Serve config file serving these settings: `serve deploy` it (every node
+    needs chatd[cluster] and the models). --api-key is not written: use --api-key-file."""
+    settings = settings_from(context)
+    typer.echo(_on_cluster(lambda deploy: deploy.config_file(settings)), nl=False)
 
 
 @app.command("pull")

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     field_serializer,
+    model_validator,
 )
 from pydantic import ValidationError as _ValidationError
 from pydantic.fields import FieldInfo
@@ -270,7 +271,43 @@ class ImageSettings(BaseModel):
     )
 
 
+class ClusterSettings(BaseModel):
+    model_config = ConfigDict(title="Cluster (Ray Serve)")
+
+    cluster: str | None = Field(
+        None,
+        description="deploy on this Ray cluster instead of serving here: ray://HOST:10001 "
+        "(Ray Client) or HOST:6379 (on a cluster node)",
+    )
+    replicas: int = Field(1, ge=1, description="chatd replicas, each with its own models")
+    min_replicas: int | None = Field(
+        None, ge=1, description="autoscale from this many replicas (with --max-replicas)"
+    )
+    max_replicas: int | None = Field(
+        None, ge=1, description="autoscale up to this many, at --parallel requests per replica"
+    )
+    replica_cpus: float | None = Field(
+        None, gt=0, description="CPUs Ray reserves per replica (default: --threads, else 1)"
+    )
+    ingress_replicas: int = Field(
+        1, ge=1, description="HTTP ingress replicas (more than one needs a redis:// cache)"
+    )
+    prefix_routing: bool = Field(
+        True, description="send a conversation to the replica that cached its prefix"
+    )
+
+    @model_validator(mode="after")
+    def _autoscaling_bounds(self):
+        low, high = self.min_replicas, self.max_replicas
+        if (low is None) != (high is None):
+            raise ValueError("--min-replicas and --max-replicas go together")
+        if low is not None and low > high:
+            raise ValueError(f"--min-replicas {low} is above --max-replicas {high}")
+        return self
+
+
 class Settings(
+    ClusterSettings,
     ImageSettings,
     AuthSettings,
     CacheSettings,
@@ -353,6 +390,8 @@ def load_settings(given: dict[str, Any]) -> Settings:
 
 def _describe(error: dict, given: dict[str, Any], config: str | None) -> str:
     name = str(error["loc"][0]) if error["loc"] else ""
+    if not name:  # a check across settings (model_validator): its message names them
+        return str(error["ctx"]["error"])
     if error["type"] == "extra_forbidden":
         return f"{config}: unknown setting {name!r}{_did_you_mean(name)}"
     if name in given:

@@ -74,3 +74,18 @@ def test_the_check_sees_a_forbidden_import(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from chatd.server.errors import ChatdError\n")
     assert "chatd.server.errors" in imports(module)
+
+
+def test_only_the_cluster_package_imports_ray():
+    """Ray is an optional extra: a plain install (`make run`) never imports it."""
+    outside = {
+        f"{path.relative_to(SRC)} imports {name}"
+        for path in sorted(SRC.rglob("*.py"))
+        if "cluster" not in path.relative_to(SRC).parts
+        for name in imports(path)
+        if name == "ray" or name.startswith("ray.")
+    }
+    assert not outside, sorted(outside)
+    assert any(name.startswith("ray") for path in modules("cluster") for name in imports(path)), (
+        "the check would pass on nothing: chatd/cluster/ imports ray"
+    )

@@ -23,6 +23,8 @@ OnComplete = Callable[[dict[str, Any]], None]
 class Answer(Protocol):
     """Started generations, holding what they need (a model lease, KV slots) until closed."""
 
+    headers: dict[str, str]  # what the response adds (a cluster: which replica answers)
+
     def sse(self, on_complete: OnComplete) -> AsyncGenerator[str]:
         """The stream's events; on_complete gets the whole completion if it finishes."""
         ...
@@ -84,6 +86,7 @@ class LocalAnswer:
     def __init__(self, job: Job, time_limit: float, release: Callable[[], None]):
         self._job, self._time_limit, self._release = job, time_limit, release
         self._closed = False
+        self.headers: dict[str, str] = {}
 
     def sse(self, on_complete: OnComplete) -> AsyncGenerator[str]:
         return streaming.stream(self._job, self._time_limit, on_complete)

@@ -77,7 +77,8 @@ class AnswerResponse(Response):
                 async with shutdown.cuts():
                     body = await _unless_disconnected(receive, self.answer.body())
                 self.cache.store(body)
-                await JSONResponse(body, headers=self.cache.headers)(scope, receive, send)
+                headers = {**self.answer.headers, **self.cache.headers}
+                await JSONResponse(body, headers=headers)(scope, receive, send)
         finally:
             self.answer.close()
 
@@ -85,7 +86,7 @@ class AnswerResponse(Response):
         self, scope: Scope, receive: Receive, send: Send, shutdown: Shutdown
     ) -> None:
         events = _cut_at_shutdown(self.answer.sse(on_complete=self.cache.store), shutdown)
-        headers = {**SSE_HEADERS, **self.cache.headers}
+        headers = {**SSE_HEADERS, **self.answer.headers, **self.cache.headers}
         try:  # a client that leaves cancels the response (Starlette watches for it)
             await StreamingResponse(events, media_type="text/event-stream", headers=headers)(
                 scope, receive, send
