@@ -10,7 +10,7 @@ import pytest
 
 from chatd.engine.constraints import regex_grammar
 from chatd.engine.scheduler import Scheduler
-from chatd.engine.speculative import MAX_DRAFT, Drafter
+from chatd.engine.speculative import Drafter, Speculation
 from chatd.engine.types import Grammar, SamplingParams
 from tests.unit.fake_runner import EOS, FakeRunner, favoured, text_of
 from tests.unit.test_scheduler import of, submit
@@ -38,7 +38,8 @@ def generate(speculative: bool, requests: list[dict], n_slots: int = 1, rule=con
     """Every request run to its end (all submitted at once): each one's events as
     (text, finish_reason, completion_tokens), its tokens, and the scheduler."""
     runner = FakeRunner(n_slots=n_slots, n_ctx=160, max_batch_tokens=32, rule=rule)
-    scheduler = Scheduler(runner, speculative=speculative)
+    # Positions that cost nothing: every row drafts all it can, right or wrong.
+    scheduler = Scheduler(runner, Speculation(0.0) if speculative else None)
     seqs = [submit(scheduler, **request) for request in requests]
     events = []
     for _ in range(500):
@@ -61,21 +62,41 @@ def generate(speculative: bool, requests: list[dict], n_slots: int = 1, rule=con
 def test_the_drafter_proposes_what_followed_the_latest_occurrence_of_the_longest_suffix():
     drafter = Drafter()
     tokens = list(b"xabQRSTabcUVWab")
-    # "ab" last came before "cUVW" (the 3-gram "Wab" never did): its latest occurrence wins.
-    assert drafter.propose(tokens, limit=8) == list(b"cUVW")
+    # "ab" last came before "cUVW" (the 3-gram "Wab" never did): its latest occurrence wins,
+    # and the draft runs on to the end of the sequence.
+    assert drafter.propose(tokens, limit=8) == list(b"cUVWab")
     tokens += list(b"cU")  # "bcU" matched as a 3-gram: it was followed by "VWab"
     assert drafter.propose(tokens, limit=2) == list(b"VW")
     assert drafter.propose(list(b"abcdefg"), limit=8) == []  # fresh drafter, nothing repeats
     assert Drafter().propose(tokens, limit=0) == []
 
 
-def test_the_draft_grows_while_it_is_accepted_and_shrinks_past_a_rejection():
+def test_acceptance_follows_the_record_and_fades_back_to_the_prior():
     drafter = Drafter()
-    sizes = []
-    for drafted, accepted in [(4, 4), (8, 8), (8, 2), (3, 0)]:
-        drafter.update(drafted, accepted)
-        sizes.append(drafter.size)
-    assert sizes == [8, MAX_DRAFT, 3, 1]
+    prior = drafter.acceptance
+    for _ in range(5):
+        drafter.update(4, 4)
+    assert drafter.acceptance > 0.9
+    for _ in range(20):
+        drafter.update(4, 0)
+    assert drafter.acceptance < 0.3
+    for _ in range(300):
+        drafter.update(0, 0)
+    assert drafter.acceptance == pytest.approx(prior, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("cost", "acceptance", "rows", "size"),
+    [
+        (0.0, 0.5, 1, 8),  # free positions: all that is allowed
+        (0.7, 0.95, 1, 3),  # dear positions, reliable drafts: a few
+        (0.7, 0.5, 1, 0),  # dear positions, coin-flip drafts: none
+        (0.1, 0.6, 1, 3),
+        (0.1, 0.6, 4, 2),  # more rows: a draft's share of the gain is smaller
+    ],
+)
+def test_the_draft_size_maximises_expected_tokens_per_second(cost, acceptance, rows, size):
+    assert Speculation(cost).draft_size(acceptance, rows, limit=8) == size
 
 
 # -- greedy: the same output --------------------------------------------------------------------

@@ -14,6 +14,7 @@ from chatd.engine.constraints import Grammars
 from chatd.engine.runners.base import Runner
 from chatd.engine.scheduler import Events, Scheduler, SchedulerThread
 from chatd.engine.sequence import Sequence
+from chatd.engine.speculative import Speculation
 from chatd.engine.types import GenerationRequest, Grammar, Load, TokenEvent
 
 
@@ -24,6 +25,7 @@ class Observer(Protocol):
     def next_token(self, seconds: float) -> None: ...
     def finished(self, prompt_tokens: int, completion_tokens: int) -> None: ...
     def step(self, sequences: int) -> None: ...  # called on the scheduler thread
+    def drafts(self, drafted: int, accepted: int) -> None: ...  # the same, when it drafted
 
 
 class Generation:
@@ -72,11 +74,11 @@ class Generation:
 
 
 class Engine:
-    def __init__(self, runner: Runner, start: bool = True):
+    def __init__(self, runner: Runner, start: bool = True, speculation: Speculation | None = None):
         self.runner = runner
         self.tokenizer = runner.tokenizer
         self.grammars = Grammars(runner.tokenizer)
-        self.scheduler = Scheduler(runner)
+        self.scheduler = Scheduler(runner, speculation)
         self._thread = SchedulerThread(self.scheduler, self._on_events)
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.observer: Observer | None = None
@@ -116,6 +118,9 @@ class Engine:
         """On the stepping thread: one wake-up per event loop per step, not one per token."""
         if self.observer is not None and events:
             self.observer.step(len(events))
+            drafted, accepted = self.scheduler.take_drafts()
+            if drafted:
+                self.observer.drafts(drafted, accepted)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, TokenEvent]]] = {}
         for seq, event in events:
             target = self._queues.get(seq.id)

@@ -23,7 +23,7 @@ from chatd.engine.runners.base import BatchItem, Runner
 from chatd.engine.sampler import adjust_logits, choose, log_softmax_at
 from chatd.engine.sequence import Sequence, Status
 from chatd.engine.slots import SlotTable
-from chatd.engine.speculative import MAX_DRAFTING_ROWS, verify
+from chatd.engine.speculative import MAX_DRAFT, MAX_DRAFTING_ROWS, Speculation, verify
 from chatd.engine.types import Load, TokenEvent, TokenLogprob, TopLogprob
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,9 @@ Events = list[tuple[Sequence, TokenEvent]]
 
 
 class Scheduler:
-    def __init__(self, runner: Runner, speculative: bool = False):
+    def __init__(self, runner: Runner, speculation: Speculation | None = None):
         self.runner = runner
-        self.speculative = speculative  # draft from n-grams where it pays
-        self.drafted = self.accepted = 0  # draft tokens fed and accepted, since take_drafts
+        self.speculation = speculation  # None: no drafts
         self.tokenizer = runner.tokenizer
         # Guards what other threads hand in (submissions, aborts); SchedulerThread waits on it.
         self.wakeup = threading.Condition()
@@ -68,9 +67,7 @@ class Scheduler:
 
     def take_drafts(self) -> tuple[int, int]:
         """Draft tokens fed and accepted since the last call (on the stepping thread)."""
-        counts = self.drafted, self.accepted
-        self.drafted = self.accepted = 0
-        return counts
+        return self.speculation.take() if self.speculation else (0, 0)
 
     # -- one thread at a time: the step ---------------------------------------------------------
 
@@ -134,7 +131,7 @@ class Scheduler:
             start = seq.n_cached
             done = start + n == len(seq.tokens)
             if done and n == 1 and spare > 0:
-                seq.draft = self._draft(seq, spare)
+                seq.draft = self._draft(seq, spare, n_decoding)
                 spare -= len(seq.draft)
             tokens = seq.tokens[start : start + n] + seq.draft
             n_logits = 1 + len(seq.draft)
@@ -147,15 +144,20 @@ class Scheduler:
 
     def _drafting(self, n_decoding: int) -> bool:
         """Whether this step drafts: few enough rows that extra positions cost little."""
-        return self.speculative and 0 < n_decoding <= MAX_DRAFTING_ROWS
+        return self.speculation is not None and 0 < n_decoding <= MAX_DRAFTING_ROWS
 
-    def _draft(self, seq: Sequence, spare: int) -> list[int]:
-        """seq's next tokens as its n-grams predict them, no more than it may still emit after
-        the step's first token, nor than its context holds."""
+    def _draft(self, seq: Sequence, spare: int, rows: int) -> list[int]:
+        """seq's next tokens as its n-grams predict them: as many as pay for themselves, no
+        more than it may still emit after the step's first token, nor than its context holds."""
         if seq.request.images is not None:  # positions after images are the runner's business
             return []
         left = min(seq.request.max_tokens - seq.n_generated, self.runner.n_ctx - len(seq.tokens))
-        return seq.drafter.propose(seq.tokens, min(spare, left - 1))
+        limit = min(spare, left - 1, MAX_DRAFT)
+        size = self.speculation.draft_size(seq.drafter.acceptance, rows, limit)
+        draft = seq.drafter.propose(seq.tokens, size)
+        if not draft:
+            seq.drafter.update(0, 0)
+        return draft
 
     def _verify(self, seq: Sequence, rows: np.ndarray, allowed: dict[str, np.ndarray]) -> Events:
         """Emits seq's tokens from the rows of its last token and its draft, while the draft
@@ -173,8 +175,8 @@ class Scheduler:
         if accepted < len(draft):
             self.runner.truncate(seq.slot, seq.n_cached)
         seq.drafter.update(len(draft), accepted)
-        self.drafted += len(draft)
-        self.accepted += accepted
+        self.speculation.drafted += len(draft)
+        self.speculation.accepted += accepted
         return [(seq, event) for event in events]
 
     def _grammar_masks(self, sampling: list[Sequence]) -> dict[str, np.ndarray]:

@@ -73,6 +73,13 @@ class Metrics:
             "chatd_batch_sequences", "Sequences sampled together in one engine step",
             ["model"], buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
+        self.drafted_tokens = Counter(
+            "chatd_draft_tokens", "Speculative draft tokens verified", ["model"], registry=r
+        )
+        self.accepted_tokens = Counter(
+            "chatd_draft_accepted_tokens", "Speculative draft tokens accepted", ["model"],
+            registry=r,
+        )  # fmt: skip
         self.cache_hits = Counter("chatd_cache_hits", "Response cache hits", registry=r)
         self.cache_misses = Counter("chatd_cache_misses", "Response cache misses", registry=r)
         self.model_load = Histogram(
@@ -111,6 +118,11 @@ class Metrics:
         """Add one request's (or one step's) prompt and generated token counts."""
         self.prompt_tokens.labels(model=model).inc(prompt)
         self.generated_tokens.labels(model=model).inc(generated)
+
+    def add_drafts(self, model: str, drafted: int, accepted: int) -> None:
+        """Add one step's speculative draft tokens and those of them accepted."""
+        self.drafted_tokens.labels(model=model).inc(drafted)
+        self.accepted_tokens.labels(model=model).inc(accepted)
 
     def cache_hit(self) -> None:
         self.cache_hits.inc()
