@@ -98,3 +98,40 @@ def test_constrained_answers_with_drafts_follow_the_schema(servers):
     got = answer(on, PROMPTS[2], max_tokens=200, **body)
     assert got == answer(off, PROMPTS[2], max_tokens=200, **body)
     assert got[1] != "stop" or set(json.loads(got[0])) == {"name", "city"}
+
+
+# -- the transformers runner: a drafted row joins the decoding forward --------------------------
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma2"])
+def test_transformers_greedy_tokens_with_drafts_are_the_tokens_without(kind, tmp_path):
+    """Tiny random models (gemma2 with sliding-window layers), stepped by hand: a row of
+    [last token, draft] gives the logits of its one-token steps."""
+    from chatd.engine.runners.transformers import TransformersRunner
+    from chatd.engine.scheduler import Scheduler
+    from chatd.engine.sequence import Sequence
+    from chatd.engine.speculative import Speculation
+    from chatd.engine.types import GenerationRequest, SamplingParams
+    from tests.tiny_models import build
+
+    runner = TransformersRunner(build(kind, tmp_path / kind), n_slots=2, n_ctx=256)
+    # Prompts that repeat, so that drafts are found; two at once share the decoding forward.
+    prompts = [
+        runner.tokenizer.encode("one two three four " * 4),
+        runner.tokenizer.encode("ab " * 9),
+    ]
+
+    def run(speculation):
+        scheduler = Scheduler(runner, speculation)
+        seqs = []
+        for i, prompt in enumerate(prompts):
+            request = GenerationRequest(f"{kind}-{i}", prompt, SamplingParams(temperature=0), 40)
+            seqs.append(Sequence(request, runner.tokenizer))
+            scheduler.submit(seqs[-1])
+        while scheduler.has_work():
+            scheduler.step()
+        return [s.tokens for s in seqs], scheduler.take_drafts()
+
+    plain, _ = run(None)
+    drafted, (n_drafted, n_accepted) = run(Speculation(0.0))
+    assert drafted == plain and 0 < n_accepted < n_drafted
