@@ -157,9 +157,13 @@ def measure_position_cost(runner: Runner, repeats: int = 5) -> float:
     """What one more position costs in a forward, as a share of a one-token forward: timed on
     slot 0 (free when a model is loaded; left empty again), the median of a few tries of each.
 
-    Measured on a busy 2-core machine with SmolLM2 Q4_1 through llama.cpp, a forward of 9
-    tokens took 5-7 times one of 1 token (each position is its own dequantise-and-dot work on
-    a CPU), so about 0.6-0.7 a position: drafts pay there only where most of them are right."""
+    Measured here (2 cores, SmolLM2 Q4_1 through llama.cpp, one row at position ~60, medians of
+    interleaved tries, with 7-8 other processes on the cores: distrust the absolute numbers), a
+    forward of 1 + k tokens against 1 token: 2 threads 1.8x (k=1), 2.4x (2), 2.9x (4), 4.5x (8);
+    1 thread 2.1x, 2.6x, 4.2x, 6.6x; logits at the last position only instead of all 9: 4.1x
+    instead of 4.5x. Each position is its own dequantise-and-dot work on a CPU, so a position
+    costs 0.4-0.7 of a step there, and drafts pay only where most of them are right. At load,
+    chatd measured 0.14 and 0.37 on the same machine: the load changes it, hence the knob."""
     tokens = [t for t in range(runner.tokenizer.n_vocab) if t not in runner.tokenizer.hidden]
     tokens = tokens[: MAX_DRAFT + 1]
     times: dict[int, list[float]] = {1: [], len(tokens): []}
