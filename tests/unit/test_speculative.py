@@ -1,10 +1,12 @@
 """Speculative decoding through the scheduler, with a fake model whose next token depends on
-its last three: n-gram drafts are sometimes right and sometimes wrong, and every output must
+its last two: n-gram drafts are sometimes right and sometimes wrong, and every output must
 be the one the scheduler gives without drafting, token for token and event for event."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import re
 
 import pytest
 
@@ -17,11 +19,12 @@ from tests.unit.test_scheduler import of, submit
 
 
 def context_rule(tokens: list[int]) -> int:
-    """The next byte from the last three: a few letters, now and then a '.' that ends."""
+    """The next byte from the last two: a few letters, now and then a '.' that ends. Drafts
+    found in the output are right; those found in the (random) prompt only by chance."""
     if tokens[-1] == ord("."):
         return EOS
-    a, b, c = ([0, 0, 0] + tokens)[-3:]
-    h = (c * 7 + b * 3 + a) % 29
+    b, c = ([0, 0] + tokens)[-2:]
+    h = (c * 7 + b * 3) % 29
     return ord(".") if h == 0 else ord("a") + h % 5
 
 
@@ -51,7 +54,8 @@ def generate(speculative: bool, requests: list[dict], n_slots: int = 1, rule=con
     else:
         raise AssertionError("still busy")
     outputs = [
-        [(e.text, e.finish_reason, e.completion_tokens) for e in of(events, s)] for s in seqs
+        [(e.text, e.finish_reason, e.completion_tokens, e.error) for e in of(events, s)]
+        for s in seqs
     ]
     return outputs, [s.tokens for s in seqs], scheduler
 
@@ -129,7 +133,7 @@ def test_greedy_output_with_drafts_is_the_output_without_in_a_batch(seed):
 
 def test_usage_counts_what_was_emitted():
     (events,), (tokens,), _ = generate(True, [{"prompt": "abcabcabcabc", "max_tokens": 40}])
-    assert [n for _, _, n in events] == list(range(1, len(events) + 1))
+    assert [n for _, _, n, _ in events] == list(range(1, len(events) + 1))
     assert len(tokens) - len("abcabcabcabc") == len(events)
 
 
@@ -154,16 +158,26 @@ def test_penalties_apply_to_each_drafted_position_as_of_that_position():
 # -- rules: nothing they refuse -----------------------------------------------------------------
 
 
-def test_a_grammar_sequence_never_emits_a_drafted_token_the_grammar_refuses():
-    # The model favours the next byte; the grammar only digits. "12" in the output finds the
-    # prompt's "3456789x": 'x' is drafted, and must give way to what the grammar allows.
-    grammar = Grammar(regex_grammar("[0-9]+"))
-    request = {"prompt": "abc123456789x", "max_tokens": 30, "grammar": grammar}
+@pytest.mark.parametrize(
+    ("prompt", "pattern", "shape"),
+    [
+        # The model favours the next byte; the grammar only digits. "12" in the output finds
+        # the prompt's "3456789x": 'x' is drafted, and must give way to what the grammar allows.
+        ("abc123456789x", "[0-9]+", r"[0-9]+"),
+        # What the grammar allows changes along the draft: "12" finds the prompt's "34abc",
+        # whose digits come where the grammar now wants letters (a mask as of the draft's
+        # first position would let them through).
+        ("q1234abc5678", "[0-9]{4}[a-z]{3}[0-9]{4}", r"[0-9]{4}[a-z]{3}[0-9]{4}"),
+    ],
+)
+def test_a_grammar_sequence_never_emits_a_drafted_token_the_grammar_refuses(prompt, pattern, shape):
+    request = {"prompt": prompt, "max_tokens": 30, "grammar": Grammar(regex_grammar(pattern))}
     off, off_tokens, _ = generate(False, [request], rule=favoured)
     on, on_tokens, scheduler = generate(True, [request], rule=favoured)
-    generated = on_tokens[0][len("abc123456789x") :]
-    assert all(chr(t).isdigit() for t in generated), text_of(generated)
+    generated = on_tokens[0][len(prompt) :]
+    assert re.fullmatch(shape, text_of([t for t in generated if t != EOS])), text_of(generated)
     assert (on, on_tokens) == (off, off_tokens)
+    assert all(not error for _, _, _, error in on[0])
     drafted, accepted = scheduler.take_drafts()
     assert 0 < accepted < drafted
 
@@ -174,7 +188,7 @@ def test_stop_strings_cut_where_they_cut_without_drafts(stop):
     off, off_tokens, _ = generate(False, requests)
     on, on_tokens, _ = generate(True, requests)
     assert on == off and on_tokens == off_tokens
-    assert all(stop not in "".join(t for t, _, _ in events) for events in on)
+    assert all(stop not in "".join(t for t, _, _, _ in events) for events in on)
 
 
 @pytest.mark.parametrize("max_tokens", [1, 2, 3, 5, 9])
@@ -183,3 +197,38 @@ def test_max_tokens_cuts_where_it_cuts_without_drafts(max_tokens):
     on, on_tokens, _ = generate(True, requests)
     assert (on, on_tokens) == generate(False, requests)[:2]
     assert len(on[0]) <= max_tokens and on[0][-1][2] == len(on[0])
+
+
+# -- counted: the engine's observer and /metrics ------------------------------------------------
+
+
+def test_the_engine_reports_each_steps_drafts_to_its_observer_and_metrics_count_them():
+    from chatd.engine.engine import Engine
+    from chatd.server.metrics import Metrics
+    from tests.unit.test_engine import collect, request
+
+    runner = FakeRunner(n_slots=1, n_ctx=160, max_batch_tokens=32, rule=context_rule)
+    engine = Engine(runner, start=False, speculation=Speculation(0.0))
+    metrics = Metrics(process=False)
+
+    class Observer:
+        def __getattr__(self, name):  # latencies and finishes: not what this test is about
+            return lambda *args: None
+
+        def drafts(self, drafted: int, accepted: int) -> None:
+            metrics.add_drafts("m", drafted, accepted)
+
+    engine.observer = Observer()
+
+    async def main():
+        generation = engine.submit(request(prompts(1)[0] * 2, max_tokens=40))
+        while engine.scheduler.has_work():
+            engine.step()
+        return await collect(generation)
+
+    events = asyncio.run(main())
+    text = metrics.render()[0].decode()
+    drafted = float(text.split('chatd_draft_tokens_total{model="m"} ')[1].split()[0])
+    accepted = float(text.split('chatd_draft_accepted_tokens_total{model="m"} ')[1].split()[0])
+    assert 0 < accepted < drafted
+    assert events[-1].completion_tokens == len(events)

@@ -100,7 +100,8 @@ class Scheduler:
             else:
                 events.append((seq, self._advance(seq, logits[at], allowed.get(seq.id))))
             at += n
-        assert at == len(logits), f"{len(logits)} logits rows for {at} samples"
+        if at != len(logits):
+            raise RuntimeError(f"the runner gave {len(logits)} logits rows for {at}")
         for seq, event in events:
             if event.done:
                 self._release(seq, Status.FINISHED)
@@ -172,8 +173,8 @@ class Scheduler:
         base = len(seq.tokens)
         events, accepted = verify(seq.tokens, draft, rows, advance)
         seq.n_cached = base + accepted
-        if accepted < len(draft):
-            self.runner.truncate(seq.slot, seq.n_cached)
+        if accepted < len(draft):  # a runner that cannot cut there forgets more: fed again
+            seq.n_cached = self.runner.truncate(seq.slot, seq.n_cached)
         seq.drafter.update(len(draft), accepted)
         self.speculation.drafted += len(draft)
         self.speculation.accepted += accepted
