@@ -9,7 +9,10 @@ sampled exactly as it would be without speculation (same adjustments, same RNG d
 the next row is used only while the emitted token is the draft's. Sampling the target and
 comparing it with a deterministic draft accepts d with probability p(d) and, on a mismatch,
 draws from p without d renormalised: the speculative-sampling rule, so the output is the one
-the model gives without drafts (greedy: the same tokens; seeded: the same RNG draws).
+the model gives without drafts (greedy: the same tokens; seeded: the same RNG draws). The
+logits themselves do not move: through llama.cpp (SmolLM2, split KV cache), a row of 2, 4 or 8
+tokens gave logits bit-identical to feeding them one a step, beside other rows or not, with
+rejected drafts removed in between or not (measured on 40 positions each).
 
 Where it pays: one stream of a small model spends its step on per-operation overhead and
 reading weights, not arithmetic, so a few more positions in a forward may cost little; on a
