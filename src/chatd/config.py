@@ -209,6 +209,15 @@ class BatchSettings(BaseModel):
     request_timeout: Seconds = Field(
         0, description="seconds one request may generate (0: no limit)"
     )
+    # ngram: decoding sequences draft their next tokens from n-grams of their own prompt and
+    # output and verify them in the step's forward, where the drafts pay (engine/speculative.py).
+    speculative: Literal["ngram", "off"] = Field(
+        "off", description="speculative decoding: ngram (prompt-lookup drafts) or off"
+    )
+    speculative_cost: float | None = Field(
+        None, ge=0, description="what a drafted position costs, as a share of a one-token "
+        "forward (default: measured when a model loads)",
+    )  # fmt: skip
 
 
 class ResidencySettings(BaseModel):

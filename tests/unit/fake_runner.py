@@ -3,10 +3,13 @@
 Its vocabulary is the 256 bytes and an end token. It keeps each slot's tokens as its "KV cache"
 (a forward that leaves a gap, or a truncate past what the slot holds, is a scheduler bug and
 fails loudly) and favours the byte after the last cached one, and the end token after a '.':
-"abc" goes on "def...", "," goes on "-." and ends.
+"abc" goes on "def...", "," goes on "-." and ends. Given another `rule` (the favoured token
+after a context), it follows that instead.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import llguidance
 import numpy as np
@@ -63,8 +66,15 @@ class FakeRunner:
     memory_bytes = 0
     tokenizer = TOKENIZER
 
-    def __init__(self, n_slots: int = 2, n_ctx: int = 64, max_batch_tokens: int = 16):
+    def __init__(
+        self,
+        n_slots: int = 2,
+        n_ctx: int = 64,
+        max_batch_tokens: int = 16,
+        rule: Callable[[list[int]], int] = favoured,
+    ):
         self.n_slots, self.n_ctx, self.max_batch_tokens = n_slots, n_ctx, max_batch_tokens
+        self.rule = rule
         self.cache: list[list[int]] = [[] for _ in range(n_slots)]
         # Each forward's items as (slot, start, text, want_logits), to assert on exactly.
         self.calls: list[list[tuple[int, int, str, bool]]] = []
@@ -82,10 +92,11 @@ class FakeRunner:
             cache = self.cache[item.slot]
             assert item.start <= len(cache), f"slot {item.slot}: a gap before {item.start}"
             cache[item.start :] = item.tokens
-            if item.want_logits:
-                row = np.zeros(TOKENIZER.n_vocab, np.float32)
-                row[favoured(cache)] = FAVOURED
-                rows.append(row)
+            if item.want_logits:  # a row after each of the last n_logits tokens
+                for end in range(len(cache) - item.n_logits + 1, len(cache) + 1):
+                    row = np.zeros(TOKENIZER.n_vocab, np.float32)
+                    row[self.rule(cache[:end])] = FAVOURED
+                    rows.append(row)
         return np.array(rows, np.float32).reshape(len(rows), TOKENIZER.n_vocab)
 
     def truncate(self, slot: int, keep: int) -> int:

@@ -15,6 +15,7 @@ from chatd.engine.prefix_store import PrefixStats, PrefixStore
 from chatd.engine.runners.base import Runner
 from chatd.engine.scheduler import Events, Scheduler, SchedulerThread
 from chatd.engine.sequence import Sequence
+from chatd.engine.speculative import Speculation
 from chatd.engine.types import GenerationRequest, Grammar, Load, TokenEvent
 
 
@@ -25,6 +26,7 @@ class Observer(Protocol):
     def next_token(self, seconds: float) -> None: ...
     def finished(self, prompt_tokens: int, completion_tokens: int) -> None: ...
     def step(self, sequences: int) -> None: ...  # called on the scheduler thread
+    def drafts(self, drafted: int, accepted: int) -> None: ...  # the same, when it drafted
 
 
 class Generation:
@@ -73,13 +75,20 @@ class Generation:
 
 
 class Engine:
-    def __init__(self, runner: Runner, start: bool = True, prefix_cache_bytes: int = 0):
-        """prefix_cache_bytes: the host memory the prefix store may hold (0: no store)."""
+    def __init__(
+        self,
+        runner: Runner,
+        start: bool = True,
+        prefix_cache_bytes: int = 0,
+        speculation: Speculation | None = None,
+    ):
+        """prefix_cache_bytes: the host memory the prefix store may hold (0: no store);
+        speculation: how to draft (None: no drafts)."""
         self.runner = runner
         self.tokenizer = runner.tokenizer
         self.grammars = Grammars(runner.tokenizer)
         store = PrefixStore(prefix_cache_bytes) if prefix_cache_bytes else None
-        self.scheduler = Scheduler(runner, store)
+        self.scheduler = Scheduler(runner, store, speculation)
         self._thread = SchedulerThread(self.scheduler, self._on_events)
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.observer: Observer | None = None
@@ -124,6 +133,9 @@ class Engine:
         """On the stepping thread: one wake-up per event loop per step, not one per token."""
         if self.observer is not None and events:
             self.observer.step(len(events))
+            drafted, accepted = self.scheduler.take_drafts()
+            if drafted:
+                self.observer.drafts(drafted, accepted)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, TokenEvent]]] = {}
         for seq, event in events:
             target = self._queues.get(seq.id)

@@ -3,6 +3,8 @@
 Each step admits waiting sequences into free KV slots (reusing a cached prefix where a finished
 sequence left one), gives every decoding sequence one token and the prefilling ones chunks of
 their prompt within the token budget, runs the batch once, samples, and returns the events.
+With speculation on, a decoding sequence may also feed a draft of its next tokens and emit
+several in one step (engine/speculative.py).
 `Scheduler.step` runs one such step on the caller's thread (a test steps it by hand);
 `SchedulerThread` runs the steps on a thread of its own while there is work.
 """
@@ -22,6 +24,7 @@ from chatd.engine.runners.base import BatchItem, Runner
 from chatd.engine.sampler import adjust_logits, choose, log_softmax_at
 from chatd.engine.sequence import Sequence, Status
 from chatd.engine.slots import SlotTable
+from chatd.engine.speculative import MAX_DRAFT, MAX_DRAFTING_ROWS, Speculation, verify
 from chatd.engine.types import Load, TokenEvent, TokenLogprob, TopLogprob
 
 log = logging.getLogger(__name__)
@@ -30,8 +33,14 @@ Events = list[tuple[Sequence, TokenEvent]]
 
 
 class Scheduler:
-    def __init__(self, runner: Runner, prefix_store: PrefixStore | None = None):
+    def __init__(
+        self,
+        runner: Runner,
+        prefix_store: PrefixStore | None = None,
+        speculation: Speculation | None = None,
+    ):
         self.runner = runner
+        self.speculation = speculation  # None: no drafts
         self.tokenizer = runner.tokenizer
         # Guards what other threads hand in (submissions, aborts); SchedulerThread waits on it.
         self.wakeup = threading.Condition()
@@ -63,6 +72,10 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self._inbox or self._aborted or self.waiting or self.running)
 
+    def take_drafts(self) -> tuple[int, int]:
+        """Draft tokens fed and accepted since the last call (on the stepping thread)."""
+        return self.speculation.take() if self.speculation else (0, 0)
+
     # -- one thread at a time: the step ---------------------------------------------------------
 
     def step(self) -> Events:
@@ -86,8 +99,16 @@ class Scheduler:
         logits = self.runner.forward(items)
         allowed = self._grammar_masks(sampling)
         events: Events = []
-        for seq, row in zip(sampling, logits, strict=True):
-            events.append((seq, self._advance(seq, row, allowed.get(seq.id))))
+        at = 0
+        for seq in sampling:
+            n = 1 + len(seq.draft)
+            if seq.draft:
+                events += self._verify(seq, logits[at : at + n], allowed)
+            else:
+                events.append((seq, self._advance(seq, logits[at], allowed.get(seq.id))))
+            at += n
+        if at != len(logits):
+            raise RuntimeError(f"the runner gave {len(logits)} logits rows for {at}")
         for seq, event in events:
             if event.done:
                 self._release(seq, Status.FINISHED)
@@ -123,23 +144,68 @@ class Scheduler:
         return match.n_tokens
 
     def _plan(self) -> tuple[list[BatchItem], list[Sequence]]:
-        """Decoding sequences first (one token each), then prompt chunks within the budget."""
+        """Decoding sequences first (one token each, and a draft where it pays), then prompt
+        chunks within the budget."""
         budget = self.runner.max_batch_tokens
         items: list[BatchItem] = []
         sampling: list[Sequence] = []
+        n_decoding = sum(1 for s in self.running if s.pending == 1)
+        # Drafts take what the budget leaves beyond one token per decoding sequence.
+        spare = budget - n_decoding if self._drafting(n_decoding) else 0
         for seq in sorted(self.running, key=lambda s: s.pending > 1):
             n = min(seq.pending, budget)
             if n <= 0:
                 break
             start = seq.n_cached
             done = start + n == len(seq.tokens)
-            tokens = seq.tokens[start : start + n]
-            items.append(BatchItem(seq.slot, tokens, start, done, seq.request.images))
-            seq.n_cached += n
-            budget -= n
+            if done and n == 1 and spare > 0:
+                seq.draft = self._draft(seq, spare, n_decoding)
+                spare -= len(seq.draft)
+            tokens = seq.tokens[start : start + n] + seq.draft
+            n_logits = 1 + len(seq.draft)
+            items.append(BatchItem(seq.slot, tokens, start, done, seq.request.images, n_logits))
+            seq.n_cached += len(tokens)
+            budget -= len(tokens)
             if done:
                 sampling.append(seq)
         return items, sampling
+
+    def _drafting(self, n_decoding: int) -> bool:
+        """Whether this step drafts: few enough rows that extra positions cost little."""
+        return self.speculation is not None and 0 < n_decoding <= MAX_DRAFTING_ROWS
+
+    def _draft(self, seq: Sequence, spare: int, rows: int) -> list[int]:
+        """seq's next tokens as its n-grams predict them: as many as pay for themselves, no
+        more than it may still emit after the step's first token, nor than its context holds."""
+        if seq.request.images is not None:  # positions after images are the runner's business
+            return []
+        left = min(seq.request.max_tokens - seq.n_generated, self.runner.n_ctx - len(seq.tokens))
+        limit = min(spare, left - 1, MAX_DRAFT)
+        size = self.speculation.draft_size(seq.drafter.acceptance, rows, limit)
+        draft = seq.drafter.propose(seq.tokens, size)
+        if not draft:
+            seq.drafter.update(0, 0)
+        return draft
+
+    def _verify(self, seq: Sequence, rows: np.ndarray, allowed: dict[str, np.ndarray]) -> Events:
+        """Emits seq's tokens from the rows of its last token and its draft, while the draft
+        holds; forgets the cached positions of the draft tokens it did not take."""
+        draft, seq.draft = seq.draft, []
+
+        def advance(row: np.ndarray, i: int) -> TokenEvent:
+            # The grammar has moved on by the tokens emitted before this row: a fresh mask.
+            mask = allowed.get(seq.id) if i == 0 else self._grammar_masks([seq]).get(seq.id)
+            return self._advance(seq, row, mask)
+
+        base = len(seq.tokens)
+        events, accepted = verify(seq.tokens, draft, rows, advance)
+        seq.n_cached = base + accepted
+        if accepted < len(draft):  # a runner that cannot cut there forgets more: fed again
+            seq.n_cached = self.runner.truncate(seq.slot, seq.n_cached)
+        seq.drafter.update(len(draft), accepted)
+        self.speculation.drafted += len(draft)
+        self.speculation.accepted += accepted
+        return [(seq, event) for event in events]
 
     def _grammar_masks(self, sampling: list[Sequence]) -> dict[str, np.ndarray]:
         """The allowed tokens of every constrained sequence, computed together."""

@@ -8,6 +8,7 @@ from chatd.engine.constraints import Constraint, LazyConstraint
 from chatd.engine.detokenizer import Detokenizer
 from chatd.engine.runners.base import Tokenizer
 from chatd.engine.sampler import SamplerState
+from chatd.engine.speculative import Drafter
 from chatd.engine.stop import StopMatcher
 from chatd.engine.types import GenerationRequest
 
@@ -36,6 +37,8 @@ class Sequence:
         self.detokenizer = Detokenizer(tokenizer.token_bytes, tokenizer.hidden)
         self.stop = StopMatcher(request.stop)
         self.constraint = constraint  # the state of request.grammar, advanced token by token
+        self.drafter = Drafter()  # n-gram drafts, when the scheduler speculates
+        self.draft: list[int] = []  # the tokens drafted in the step under way
 
     @property
     def id(self) -> str:

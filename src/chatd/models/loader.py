@@ -11,6 +11,7 @@ from chatd.chat.template import ChatTemplate
 from chatd.config import Settings
 from chatd.engine.engine import Engine
 from chatd.engine.runners.base import Runner
+from chatd.engine.speculative import Speculation, measure_position_cost
 from chatd.models.sources import ModelSource, materialise
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,12 @@ def load_model(
     runner = open_runner(materialise(source), settings, progress)
     tok = runner.tokenizer
     template = ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token)
-    engine = Engine(runner, prefix_cache_bytes=settings.prefix_cache_bytes)
+    speculation = None
+    if settings.speculative == "ngram":
+        cost = settings.speculative_cost
+        speculation = Speculation(measure_position_cost(runner) if cost is None else cost)
+        log.info("speculative: a drafted position costs %.2f of a step", speculation.position_cost)
+    engine = Engine(runner, prefix_cache_bytes=settings.prefix_cache_bytes, speculation=speculation)
     return LoadedModel(source.id, engine, template)
 
 

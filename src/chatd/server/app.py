@@ -116,6 +116,9 @@ class _EngineMetrics:
     def step(self, sequences: int) -> None:
         self.metrics.observe_batch(self.model, sequences)
 
+    def drafts(self, drafted: int, accepted: int) -> None:
+        self.metrics.add_drafts(self.model, drafted, accepted)
+
 
 async def _keep_alive(registry: Registry, seconds: float) -> None:
     """--keep-alive: look for idle models now and then, and unload those idle too long."""

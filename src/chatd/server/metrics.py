@@ -76,6 +76,13 @@ class Metrics:
             "chatd_batch_sequences", "Sequences sampled together in one engine step",
             ["model"], buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
+        self.drafted_tokens = Counter(
+            "chatd_draft_tokens", "Speculative draft tokens verified", ["model"], registry=r
+        )
+        self.accepted_tokens = Counter(
+            "chatd_draft_accepted_tokens", "Speculative draft tokens accepted", ["model"],
+            registry=r,
+        )  # fmt: skip
         self.cache_hits = Counter("chatd_cache_hits", "Response cache hits", registry=r)
         self.cache_misses = Counter("chatd_cache_misses", "Response cache misses", registry=r)
         self.model_load = Histogram(
@@ -120,6 +127,11 @@ class Metrics:
     def set_prefix_stores(self, stats: dict[str, PrefixStats]) -> None:
         """Every loaded model's prefix store, as its engine reports it now (at scrape time)."""
         self._prefix_stores.stats = stats
+
+    def add_drafts(self, model: str, drafted: int, accepted: int) -> None:
+        """Add one step's speculative draft tokens and those of them accepted."""
+        self.drafted_tokens.labels(model=model).inc(drafted)
+        self.accepted_tokens.labels(model=model).inc(accepted)
 
     def cache_hit(self) -> None:
         self.cache_hits.inc()

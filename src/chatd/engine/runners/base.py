@@ -19,6 +19,8 @@ class BatchItem:
     start: int
     want_logits: bool  # logits for the last token, to sample from
     images: PromptImages | None = None  # the sequence's processed images, if any
+    # With want_logits: logits for this many last tokens (more than 1: a draft to verify).
+    n_logits: int = 1
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ class Runner(Protocol):
         ...
 
     def forward(self, items: list[BatchItem]) -> np.ndarray:
-        """One forward over all items; a logits row (float32) for each item that wants one.
+        """One forward over all items; logits rows (float32) for each item that wants them
+        (n_logits rows each, in position order), in item order.
 
         The rows may live in the runner's own buffers: they are valid until the next forward."""
         ...

@@ -138,8 +138,9 @@ class LlamaCppRunner:
                 batch.logits[n] = False
                 n += 1
             if item.want_logits:
-                batch.logits[n - 1] = True
-                outputs.append(n - 1)
+                for i in range(n - item.n_logits, n):
+                    batch.logits[i] = True
+                outputs.extend(range(n - item.n_logits, n))
         batch.n_tokens = n
         rc = llama_cpp.llama_decode(self.ctx, batch)
         if rc != 0:

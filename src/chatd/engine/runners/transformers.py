@@ -116,14 +116,15 @@ class TransformersRunner:
         rows = self._run(decoding) if decoding else {}
         for group in _pack([item for item in items if _prompt_chunk(item)]):
             rows.update(self._run(group))
-        wanted = [rows[item.slot] for item in items if item.want_logits]
+        wanted = [rows[item.slot][-item.n_logits :] for item in items if item.want_logits]
         if not wanted:
             return np.empty((0, self.tokenizer.n_vocab), dtype=np.float32)
-        return torch.stack(wanted).float().cpu().numpy()
+        return torch.cat(wanted).float().cpu().numpy()
 
     def _run(self, items: list[BatchItem]) -> dict[int, torch.Tensor]:
         """One model forward over the consecutive slots these items occupy. Rows are padded on
-        the left, so that every row's last position is its last token."""
+        the left, so that every row's last positions are its last tokens: each slot's logits
+        for as many last positions as any item wants."""
         lo = min(item.slot for item in items)
         hi = max(item.slot for item in items) + 1
         length = max(len(item.tokens) for item in items)
@@ -146,10 +147,9 @@ class TransformersRunner:
             attention_mask=self._mask(positions, kv_len),
             cache=self.cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=max(item.n_logits for item in items),
         )
-        logits = out.logits[:, -1]
-        return {item.slot: logits[item.slot - lo] for item in items}
+        return {item.slot: out.logits[item.slot - lo] for item in items}
 
     def _mask(self, positions: torch.Tensor, kv_len: int):
         full = causal_mask(positions, kv_len, self.dtype)
@@ -194,9 +194,10 @@ def _pack(chunks: list[BatchItem]) -> list[list[BatchItem]]:
 
 def _prompt_chunk(item: BatchItem) -> bool:
     """Several prompt tokens, or any piece of a prompt with images (whose first forward
-    brings the vision states)."""
+    brings the vision states). A decoding token with a draft behind it (logits for each of
+    them) decodes with the others."""
     in_prompt = item.images is not None and item.start < item.images.n_prompt
-    return len(item.tokens) > 1 or in_prompt
+    return len(item.tokens) > item.n_logits or in_prompt
 
 
 def _load_processor(where: Path, config):
