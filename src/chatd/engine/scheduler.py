@@ -18,7 +18,7 @@ import numpy as np
 
 from chatd.engine.constraints import allowed_tokens, fill_masks
 from chatd.engine.runners.base import BatchItem, Runner
-from chatd.engine.sampler import adjust_logits, choose, log_softmax_at
+from chatd.engine.sampler import log_softmax_at, sample_step
 from chatd.engine.sequence import Sequence, Status
 from chatd.engine.slots import SlotTable
 from chatd.engine.types import Load, TokenEvent, TokenLogprob, TopLogprob
@@ -82,10 +82,10 @@ class Scheduler:
         if not items:
             return []
         logits = self.runner.forward(items)
-        allowed = self._grammar_masks(sampling)
+        tokens, adjusted = self._sample(sampling, logits)
         events: Events = []
-        for seq, row in zip(sampling, logits, strict=True):
-            events.append((seq, self._advance(seq, row, allowed.get(seq.id))))
+        for seq, token, row in zip(sampling, tokens, adjusted, strict=True):
+            events.append((seq, self._advance(seq, token, row)))
         for seq, event in events:
             if event.done:
                 self._release(seq, Status.FINISHED)
@@ -130,9 +130,17 @@ class Scheduler:
 
     # -- from logits to an event, in stages whose order matters ---------------------------------
 
-    def _advance(self, seq: Sequence, logits: np.ndarray, allowed=None) -> TokenEvent:
-        """Sample the next token of seq and turn it into text, applying stop rules."""
-        token, logits = self._sample(seq, logits, allowed)
+    def _sample(self, sampling: list[Sequence], logits: np.ndarray) -> tuple[list, list]:
+        """Every sampling sequence's next token, drawn in one pass over the step's rows, and
+        the adjusted row each was drawn from where its logprobs are asked for (else None)."""
+        allowed = self._grammar_masks(sampling)
+        masks = [allowed.get(seq.id) for seq in sampling]
+        return sample_step(logits, [seq.sampler for seq in sampling], masks)
+
+    def _advance(self, seq: Sequence, token: int, logits: np.ndarray | None) -> TokenEvent:
+        """Take seq's sampled token and turn it into text, applying stop rules."""
+        seq.sampler.accept(token)
+        seq.tokens.append(token)
         event = self._detokenize(seq, token, logits)
         event = self._follow_grammar(seq, token, event)
         if not event.error:
@@ -142,15 +150,6 @@ class Scheduler:
                 event.text += seq.stop.flush()
         self._count(seq, event)
         return event
-
-    @staticmethod
-    def _sample(seq: Sequence, logits: np.ndarray, allowed) -> tuple[int, np.ndarray]:
-        """The next token, and the adjusted logits it was drawn from (logprobs report them)."""
-        logits = adjust_logits(logits, seq.sampler, allowed)
-        token = choose(logits, seq.request.sampling, seq.sampler.rng)
-        seq.sampler.accept(token)
-        seq.tokens.append(token)
-        return token, logits
 
     def _detokenize(self, seq: Sequence, token: int, logits: np.ndarray) -> TokenEvent:
         """The token's text (all that is left, at an end of turn) and its logprobs."""
