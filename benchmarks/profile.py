@@ -1,15 +1,16 @@
-"""Where a streaming chatd spends its Python time, per completion token: py-spy on a live server.
+"""Where a streaming chatd spends its Python time, per completion token: a sampling profiler
+inside a live server.
 
     python -m benchmarks.profile [--src src] [--levels 1,8] [--requests 8] [--max-tokens 48] \\
         [--temperature 0.8] [--serve-args "--threads 1"] [--top 15]
 
-Starts chatd (imported from --src), and for each level runs `benchmarks.load` against it while
-`py-spy record` samples every thread of the server (`--idle` off: a thread waiting on a lock or
-in select is not counted; native frames off, so time inside llama.cpp shows as the Python line
-that called it). Prints, per level, the functions with the most samples of their own (self)
-and the stages of a token (inclusive), each as milliseconds of one core per completion token
-(samples / rate / tokens): compare two trees by running it on each. Needs `py-spy` (the
-`bench` extra) and the right to ptrace the server (Linux: a child of this process is fine).
+Starts chatd (imported from --src) with a thread that samples every other thread's Python
+stack (`sys._current_frames`) --rate times a second (py-spy would do, but it needs ptrace,
+which these containers refuse). For each level it runs `benchmarks.load` against the server
+and prints the stages of a token (inclusive) and the functions with the most samples of their
+own, each as milliseconds per completion token (samples / rate / tokens). A thread waiting
+(a lock, the event loop's select) is not counted; time inside llama.cpp shows as the Python
+line that called it. Compare two trees by running it on each.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import argparse
 import asyncio
 import collections
 import os
-import subprocess
+import signal
 import sys
-import tempfile
+import threading
+import time
 from pathlib import Path
 
 from benchmarks.load import run_levels
@@ -38,44 +40,71 @@ STAGES = {
 }
 
 
+# Leaf frames of a thread that waits rather than works.
+# uvloop runs in C under asyncio's `run`: a bare `run` leaf is the loop in epoll (or in
+# httptools' and uvloop's own C code, which this cannot see).
+IDLE = ("wait (threading.py", "select (selectors.py", "run (asyncio/runners.py",
+        "_worker (concurrent/futures/thread.py")  # fmt: skip
+
+
 def profile_level(pid: int, url: str, level: int, args: argparse.Namespace) -> dict:
-    out = Path(tempfile.mkdtemp()) / f"c{level}.txt"
-    spy = subprocess.Popen(
-        [
-            "py-spy",
-            "record",
-            "-p",
-            str(pid),
-            "-r",
-            str(args.rate),
-            "-f",
-            "raw",
-            "-o",
-            str(out),
-            "--nonblocking",
-        ],  # fmt: skip
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    out = Path(args.stacks)
+    out.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR1)  # start counting afresh
     body = {"temperature": args.temperature}
-    try:
-        [row] = asyncio.run(
-            run_levels(url, [level], args.requests, args.max_tokens, warmup=False, extra_body=body)
-        )
-    finally:
-        spy.terminate()  # py-spy writes its file when stopped
-        spy.wait()
+    [row] = asyncio.run(
+        run_levels(url, [level], args.requests, args.max_tokens, warmup=False, extra_body=body)
+    )
+    os.kill(pid, signal.SIGUSR2)  # write what was counted
+    while not out.exists():
+        time.sleep(0.1)
+    time.sleep(0.5)
     return {"row": row, "stacks": read_raw(out)}
 
 
 def read_raw(path: Path) -> collections.Counter:
-    """py-spy's raw (collapsed) format: `frame;frame;...;leaf count` per line."""
+    """Collapsed stacks: `frame;frame;...;leaf count` per line."""
     stacks: collections.Counter = collections.Counter()
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if stack:
             stacks[stack] += int(count)
     return stacks
+
+
+def sampled_serve(out: str, rate: int, argv: list[str]) -> None:
+    """`chatd serve argv` with the sampler thread (SIGUSR1: reset, SIGUSR2: write to out)."""
+    stacks: collections.Counter = collections.Counter()
+
+    def sample_forever() -> None:
+        me = threading.get_ident()
+        while True:
+            time.sleep(1 / rate)
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                names = []
+                while frame is not None:
+                    code = frame.f_code
+                    names.append(f"{code.co_name} ({code.co_filename}:{frame.f_lineno})")
+                    frame = frame.f_back
+                stacks[";".join(reversed(names))] += 1
+
+    def write(*_) -> None:
+        text = "".join(f"{stack} {n}\n" for stack, n in list(stacks.items()))
+        Path(out + ".tmp").write_text(text)
+        os.replace(out + ".tmp", out)
+
+    # A thread holding the GIL gives it up to the sampler only after this long, or when it
+    # blocks: at Python's 5 ms the sampler would mostly find threads at their blocking calls.
+    sys.setswitchinterval(1e-4)
+    signal.signal(signal.SIGUSR1, lambda *_: stacks.clear())
+    signal.signal(signal.SIGUSR2, write)
+    threading.Thread(target=sample_forever, daemon=True, name="sampler").start()
+    from chatd.cli import app
+
+    sys.argv = ["chatd", "serve", *argv]
+    app()
 
 
 def report(level: int, got: dict, args: argparse.Namespace) -> None:
@@ -86,6 +115,8 @@ def report(level: int, got: dict, args: argparse.Namespace) -> None:
     total = 0
     for stack, n in got["stacks"].items():
         frames = [_short(f) for f in stack.split(";")]
+        if frames[-1].startswith(IDLE):
+            continue
         total += n
         own[frames[-1]] += n
         for name, marker in STAGES.items():
@@ -102,15 +133,20 @@ def report(level: int, got: dict, args: argparse.Namespace) -> None:
 
 
 def _short(frame: str) -> str:
-    """`fn (path/to/site-packages/pkg/mod.py:12)` -> `fn (pkg/mod.py:12)`."""
+    """`fn (.../site-packages/pkg/mod.py:12)` -> `fn (pkg/mod.py:12)`; the standard library's
+    `fn (.../python3.11/asyncio/events.py:84)` -> `fn (asyncio/events.py:84)`."""
     name, _, where = frame.partition(" (")
-    for cut in ("site-packages/", "/src/"):
+    for cut in ("site-packages/", "/src/", "/python3.11/", "/python3.12/", "/python3.13/"):
         if cut in where:
             where = where.split(cut, 1)[1]
+            break
     return f"{name} ({where}"
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["_serve"]:  # the server's own process: python -m benchmarks.profile _serve
+        sampled_serve(sys.argv[2], int(sys.argv[3]), sys.argv[4:])
+        return
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -119,16 +155,28 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--temperature", type=float, default=0.8)
-    ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    ap.add_argument("--rate", type=int, default=200, help="samples per second")
     ap.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     ap.add_argument("--serve-args", default="", help="more `chatd serve` flags, one string")
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--log", default="/tmp/chatd-profile.log")
+    ap.add_argument("--stacks", default="/tmp/chatd-profile-stacks.txt")
     args = ap.parse_args()
     port = free_port()
-    cmd = [sys.executable, "-m", "chatd", "serve", "--port", str(port), "--model", args.model,
-           "--pull", "never", "--cache-url", "off", *args.serve_args.split()]  # fmt: skip
-    os.environ["PYTHONPATH"] = str(Path(args.src).resolve())
+    serve = ["--port", str(port), "--model", args.model, "--pull", "never", "--cache-url", "off",
+             *args.serve_args.split()]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.profile",
+        "_serve",
+        args.stacks,
+        str(args.rate),
+        *serve,
+    ]
+    # The server imports chatd from --src, and this package from here.
+    here = Path(__file__).resolve().parent.parent
+    os.environ["PYTHONPATH"] = f"{Path(args.src).resolve()}:{here}"
     with serving("chatd", cmd, port, Path(args.log)) as (url, pid):
         asyncio.run(run_levels(url, [1], 1, 8))  # warm-up, not profiled
         for level in (int(c) for c in args.levels.split(",")):
