@@ -101,3 +101,40 @@ def test_the_draws_running_sum_is_numpys_bit_for_bit(seed):
     probs = np.exp(rng.standard_normal(49152) * rng.choice([0.5, 3.0, 12.0]))
     probs /= probs.sum()
     np.testing.assert_array_equal(sampler._cumsum(probs), np.cumsum(probs))
+
+
+# Drawn by the per-row sampler before sample_step existed (commit d50c2d0): a seeded request
+# must keep drawing these tokens.
+BEFORE = {  # the ids, space-separated
+    "temperature": "4878 2694 3712 2435 1776 377 103 1513 4915 1476 3904 2309 "
+    "3964 3968 3274 3272 3621 2746 660 4262 483 2746 3727 2794",
+    "top_p": "4991 3354 3357 4030 3704 4287 1745 1022 4915 611 1006 1067 "
+    "40 3616 2390 3735 3621 2746 3814 4589 2583 2746 3727 2543",
+    "top_k": "360 3007 1221 367 2390 1331 4811 4915 4915 3315 2892 4510 "
+    "40 551 1252 3289 583 103 2216 568 601 2746 2426 3577",
+    "min_p": "3919 3354 3357 3439 1776 377 103 1513 4915 1476 4600 2071 "
+    "2831 3790 3024 1591 583 2746 660 4091 483 2746 3727 2794",
+    "penalties": "4878 2694 3712 2435 1776 377 103 1513 4915 1476 3717 2309 "
+    "3964 3910 3238 3735 3621 2746 660 4287 483 1727 3727 2794",
+}
+CASES = {
+    "temperature": {"temperature": 0.8},
+    "top_p": {"temperature": 0.8, "top_p": 0.9},
+    "top_k": {"temperature": 1.0, "top_k": 40},
+    "min_p": {"temperature": 0.7, "min_p": 0.05},
+    "penalties": {"temperature": 0.8, "frequency_penalty": 0.5, "repetition_penalty": 1.2},
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_seeded_request_draws_the_tokens_it_drew_before(case):
+    rng = np.random.default_rng(2026)
+    logits = (rng.standard_normal((24, 5000)) * 3).astype(np.float32)
+    logits[:, rng.integers(5000, size=8)] += 6
+    state = SamplerState(SamplingParams(seed=1234, **CASES[case]), [1, 2, 3])
+    drawn = []
+    for row in logits:
+        [token], _ = sample_step(row[None], [state], [None])
+        state.accept(token)
+        drawn.append(token)
+    assert drawn == [int(t) for t in BEFORE[case].split()]

@@ -57,7 +57,7 @@ def adjust_logits(
 ) -> np.ndarray:
     """logit_bias, repetition_penalty (CTRL), frequency and presence penalties (OpenAI's),
     then the grammar's mask (`allowed`, one bool per token) over all of them."""
-    if not needs_adjusting(state):
+    if not _needs_adjusting(state):
         return logits if allowed is None else np.where(allowed, logits, -np.inf)
     p = state.params
     out = logits.astype(np.float32, copy=True)
@@ -117,7 +117,7 @@ def sample_step(
     Rows with nothing to adjust share the work: greedy ones one argmax over the step's array,
     plain temperature ones (min-p allowed) one float64 pass. top-k and top-p rows go one by one:
     their cost is numpy's partition and sort, not Python's, so batching them would gain nothing."""
-    touched = [m is not None or needs_adjusting(s) for s, m in zip(states, masks, strict=True)]
+    touched = [m is not None or _needs_adjusting(s) for s, m in zip(states, masks, strict=True)]
     rows = [
         adjust_logits(row, states[i], masks[i]) if touched[i] else row
         for i, row in enumerate(logits)
@@ -131,13 +131,14 @@ def sample_step(
     picks += _draw_at_temperature([rows[i] for i in warm], [states[i] for i in warm])
     for i, token in zip(greedy + warm, picks, strict=True):
         tokens[i] = token
-    for i in set(range(len(rows))) - set(greedy) - set(warm):  # filtered, or greedy over a mask
+    drawn = set(greedy + warm)
+    for i in (i for i in range(len(rows)) if i not in drawn):  # filtered, or greedy and adjusted
         tokens[i] = choose(rows[i], states[i].params, states[i].rng)
     adjusted = [row if s.params.logprobs else None for row, s in zip(rows, states, strict=True)]
     return tokens, adjusted
 
 
-def needs_adjusting(state: SamplerState) -> bool:
+def _needs_adjusting(state: SamplerState) -> bool:
     """Whether `adjust_logits` would change a row (a grammar's mask aside)."""
     p = state.params
     penalised = (p.frequency_penalty or p.presence_penalty) and state.output_counts
