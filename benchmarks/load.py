@@ -91,13 +91,13 @@ async def one_request(
 ) -> Result:
     messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     body = {
-        **(extra_body or {}),
         "model": model,
         "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **(extra_body or {}),  # may set a temperature too
     }
     t0 = time.perf_counter()
     last: float | None = None
@@ -294,6 +294,8 @@ def pool_rows(runs: list[dict[str, Any]]) -> dict[str, Any]:
     row["completion_tokens"] = sum(r["completion_tokens"] for r in runs)
     row["wall_s"] = sum(r["wall_s"] for r in runs)
     row["requests"] = sum(r["requests"] for r in runs)
+    if "server_cpu_s" in row:  # benchmarks/ab.py measures it
+        row["server_cpu_s"] = sum(r["server_cpu_s"] for r in runs)
     row["tok_per_s"] = row["completion_tokens"] / row["wall_s"]
     for key in ("ttft_p50_s", "ttft_p95_s", "itl_p50_s", "itl_p95_s"):
         values = [r[key] for r in runs if r[key] is not None]

