@@ -9,10 +9,12 @@ go on. Its length is an upper bound on the shortest valid completion; it is a he
 true shortest may be shorter), and a grammar that it cannot close within a limit gets none.
 
 `BudgetGuard` keeps a sequence within its tokens: near the end of its budget (within twice its
-last estimate, plus `ZONE`), the mask is narrowed to the walk's next token and those of the
+last estimate, plus `ZONE`) it walks at each step, and once the tokens left are within the
+walk's length plus `ZONE`, the mask is narrowed to the walk's next token and those of the
 model's best candidates after which a walk still fits. The walk's own next token always fits,
-so once inside the zone an answer that fitted stays fitting. Walks cost one mask each step
-(~30 us here for 49k tokens) and are computed only inside that zone.
+so once inside the zone an answer that fitted stays fitting; outside it, what is open (arrays,
+objects, a string) counts too, so that an answer nesting deeper enters the zone in time. Walks
+cost one mask each step (~30 us here for 49k tokens) and are computed only inside that zone.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import llguidance.numpy
 import numpy as np
 
 # How many of the model's best allowed tokens a guarded step checks (besides the walk's next).
-CANDIDATES = 4
+CANDIDATES = 2
 # Steps are guarded when the tokens left are at most twice the last walk plus this many.
 ZONE = 16
 # Tokens inside one string after which a walk takes separators rather than long text.
@@ -34,21 +36,32 @@ _CLOSERS = b'"]}'
 _OPENERS = b"[{"
 
 
-# Where a walk stands in JSON text: outside strings, inside one, or just after a backslash in
-# one. Tracked from the bytes taken (for any grammar: in plain text it only orders tokens).
+# Where output stands in JSON text, as one int: the open arrays and objects (`state >> 2`),
+# and outside strings, inside one, or just after a backslash in one (`state & 3`). Tracked
+# from the bytes taken, for any grammar (in plain text it only orders tokens).
 OUTSIDE, IN_STRING, ESCAPED = 0, 1, 2
 
 
 def after(state: int, data: bytes) -> int:
-    """The string state after data."""
+    """The state after data."""
+    depth, quoting = state >> 2, state & 3
     for byte in data:
-        if state == ESCAPED:
-            state = IN_STRING
-        elif state == IN_STRING:
-            state = ESCAPED if byte == 0x5C else OUTSIDE if byte == 0x22 else IN_STRING
+        if quoting == ESCAPED:
+            quoting = IN_STRING
+        elif quoting == IN_STRING:
+            quoting = ESCAPED if byte == 0x5C else OUTSIDE if byte == 0x22 else IN_STRING
         elif byte == 0x22:
-            state = IN_STRING
-    return state
+            quoting = IN_STRING
+        elif byte in b"[{":
+            depth += 1
+        elif byte in b"]}":
+            depth = max(depth - 1, 0)
+    return depth << 2 | quoting
+
+
+def depth(state: int) -> int:
+    """Arrays and objects open: each takes a token to close, and strings one more."""
+    return (state >> 2) + (state & 3 != OUTSIDE)
 
 
 def _score(data: bytes) -> float:
@@ -64,6 +77,10 @@ def _score(data: bytes) -> float:
     if data.strip() == b",":
         score += 5.0  # ends a number when the object still needs keys
     return score + _plain(data)
+
+
+def _score_zero_first(data: bytes) -> float:
+    return _score(data) + (data[:1] == b"0")
 
 
 def _score_in_string(data: bytes) -> float:
@@ -107,7 +124,7 @@ class Closer:
     inside strings."""
 
     def __init__(self, token_bytes: list[bytes], hidden: set[int], eog: set[int]):
-        scores = (_score, _score_in_string, _score_stuck)
+        scores = (_score, _score_in_string, _score_stuck, _score_zero_first)
         self._rankings = [_Ranking(token_bytes, hidden, f) for f in scores]
         self._token_bytes = token_bytes
         self.eog = np.array(sorted(eog), dtype=np.int64)
@@ -122,7 +139,16 @@ class Closer:
         self, matcher: llguidance.LLMatcher, limit: int, state: int, first: int | None = None
     ) -> list[int] | None:
         """The tokens from matcher's state (string `state`; after `first`, which they include)
-        to an accepted end, or None when there are more than `limit` or the walk fails."""
+        to an accepted end, or None when there are more than `limit` or the walk fails. A walk
+        that fails is tried again with separators in strings from the start (a walk from
+        inside an email address has few tokens left to find its `@`) and 0 first among digits
+        (an even number)."""
+        for stuck_after in (_STUCK, 0):
+            if (tokens := self._walk(matcher, limit, state, first, stuck_after)) is not None:
+                return tokens
+        return None
+
+    def _walk(self, matcher, limit: int, state: int, first: int | None, stuck_after: int):
         m = matcher.deep_copy()
         tokens: list[int] = []
         mask = llguidance.numpy.allocate_token_bitmask(1, self._n_vocab)
@@ -135,8 +161,9 @@ class Closer:
                 llguidance.numpy.fill_next_token_bitmask(m, mask, 0)
                 # In a long string, separators every other token: long text fills a minimum
                 # length, separators make a format (email, URI) whole.
-                stuck = in_string >= _STUCK and in_string % 2
-                ranking = 0 if state == OUTSIDE else 2 if stuck else 1
+                stuck = in_string >= stuck_after and in_string % 2 == stuck_after % 2
+                outside = 0 if stuck_after else 3
+                ranking = outside if state & 3 == OUTSIDE else 2 if stuck else 1
                 token = self._end(mask[0]) if m.is_accepting() else self._best(mask[0], ranking)
                 if token is None or token in self.eog:
                     return None if token is None else [*tokens, token]
@@ -147,7 +174,7 @@ class Closer:
                 return None
             tokens += [token, *forced]
             state = self.after(state, [token, *forced])
-            in_string = in_string + 1 if state != OUTSIDE else 0
+            in_string = in_string + 1 if state & 3 != OUTSIDE else 0
             token = None
         return tokens if m.is_stopped() and len(tokens) <= limit else None
 
@@ -179,10 +206,20 @@ class _Ranking:
 
 
 class BudgetGuard:
-    """One sequence's watch over its remaining tokens (see the module's docstring)."""
+    """One sequence's watch over its remaining tokens (see the module's docstring). The walks
+    of a guarded step are kept: the sequence takes one of their first tokens, and the rest of
+    that walk is the walk from where it then stands, found again for free."""
 
     def __init__(self, closer: Closer, estimate: int):
         self._closer, self._estimate = closer, estimate
+        self._walks: dict[int, list[int]] = {}  # the last step's walks, by first token
+
+    def took(self, tokens: list[int]) -> None:
+        """The sequence took these tokens (a sampled one and those it forced)."""
+        walk = self._walks.get(tokens[0]) if tokens else None
+        self._walks = {}
+        if walk is not None and walk[: len(tokens)] == tokens and len(walk) > len(tokens):
+            self._walks[walk[len(tokens)]] = walk[len(tokens) :]
 
     def narrow(
         self,
@@ -195,22 +232,28 @@ class BudgetGuard:
     ) -> np.ndarray:
         """`allowed` as it is far from the end; near it, only the tokens after which a valid
         end still fits in `left` tokens (counting them and what they force)."""
-        if left > 2 * self._estimate + ZONE:
+        # Outside the zone the estimate is not refreshed; what is open bounds it from below.
+        if left > 2 * max(self._estimate, depth(state)) + ZONE:
             return allowed
-        walk = self._closer.walk(matcher, left, state)
-        if not walk:  # no end fits any longer (or only the end is left): nothing to steer
+        walk = next(iter(self._walks.values()), None) or self._closer.walk(matcher, left, state)
+        self._walks = {}
+        if not walk or len(walk) > left:  # no end fits any longer: nothing to steer
             return allowed
         self._estimate = len(walk)
-        keep = {walk[0]}
+        self._walks[walk[0]] = walk
+        if left > len(walk) + ZONE:  # one token is unlikely to need more than ZONE more
+            return allowed
         scores = np.where(allowed, logits, -np.inf)
         best = np.argpartition(-scores, min(candidates, len(scores) - 1))[:candidates]
         for token in map(int, best):
-            if token in keep or not np.isfinite(scores[token]):
+            if token in self._walks or not np.isfinite(scores[token]):
                 continue
-            if token in self._closer.eog or self._closer.walk(matcher, left, state, first=token):
-                keep.add(token)
+            if token in self._closer.eog:
+                self._walks[token] = [token]
+            elif fits := self._closer.walk(matcher, left, state, first=token):
+                self._walks[token] = fits
         narrowed = np.zeros_like(allowed)
-        narrowed[list(keep)] = True
+        narrowed[list(self._walks)] = True
         return narrowed
 
 

@@ -99,6 +99,8 @@ class Constraint:
         self.matcher.consume_tokens(tokens)
         if self.closer:
             self.quoting = self.closer.after(self.quoting, tokens)
+        if self.guard:
+            self.guard.took(tokens)
 
     def forced(self, limit: int) -> list[int]:
         """The tokens the grammar forces next (at most limit), consumed: the sequence takes
