@@ -1,7 +1,7 @@
 """Constrained against free decoding on one chatd, in one run: what grammars cost, and what
 fast-forward (the tokens a grammar forces, taken without sampling) gains.
 
-    python -m benchmarks.constrained [--levels 1,8] [--max-tokens 192]
+    python -m benchmarks.constrained [--levels 1,8] [--max-tokens 256]
 
 The constrained requests ask for records with fixed keys (names, ages, cities, roles, flags):
 most of each answer is keys and punctuation the grammar forces, so a step often yields
@@ -86,7 +86,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--levels", default="1,8")
     ap.add_argument("--parallel", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=192)
+    ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--requests-per-level", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=4, help="alternating runs of each kind per level")
     ap.add_argument("--no-readme", action="store_true")
