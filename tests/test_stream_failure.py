@@ -237,6 +237,9 @@ class BreaksAfter:
     def matcher(self):
         return self.inner.matcher
 
+    def __getattr__(self, name: str):  # the rest (forced tokens, the budget): the real state's
+        return getattr(self.inner, name)
+
     def consume(self, token: int, text: str = "") -> None:
         self.inner.consume(token, text)
         self.n -= 1

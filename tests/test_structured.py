@@ -53,16 +53,11 @@ def assert_valid(text: str, schema: dict) -> None:
     jsonschema.validate(json.loads(text), schema, format_checker=FORMAT_CHECKER)
 
 
-def assert_valid_or_cut(text: str, finish_reason: str, schema: dict) -> None:
-    """A sampled answer may run out of tokens before the grammar completes: then it is cut
-    (finish_reason "length") and an unfinished start of JSON; otherwise it validates."""
-    if finish_reason == "stop":
-        assert_valid(text, schema)
-        return
-    assert finish_reason == "length", (finish_reason, text)
-    assert text[:1] == ("[" if schema.get("type") == "array" else "{"), text
-    with pytest.raises(json.JSONDecodeError):
-        json.loads(text)  # a complete value would have ended the answer with "stop"
+def assert_finished_and_valid(text: str, finish_reason: str, schema: dict) -> None:
+    """A sampled answer is steered to a valid end before max_tokens runs out
+    (engine/closing.py): it ends with "stop" and validates."""
+    assert finish_reason == "stop", (finish_reason, text)
+    assert_valid(text, schema)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
@@ -73,7 +68,7 @@ def test_openai_json_schema_output_validates(openai_client, name):
         response_format={"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}},
     )  # fmt: skip
     choice = out.choices[0]
-    assert_valid_or_cut(choice.message.content, choice.finish_reason, schema)
+    assert_finished_and_valid(choice.message.content, choice.finish_reason, schema)
 
 
 @pytest.mark.parametrize("name", ["nested", "ref_defs", "array_of_objects", "enum"])
@@ -86,7 +81,7 @@ def test_hf_client_json_schema_streamed_validates(hf_client, name):
     )  # fmt: skip
     chunks = list(stream)
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
-    assert_valid_or_cut(text, chunks[-1].choices[0].finish_reason, schema)
+    assert_finished_and_valid(text, chunks[-1].choices[0].finish_reason, schema)
 
 
 def test_hf_json_shape_with_schema_as_value_and_n_choices(base_url):
@@ -97,7 +92,7 @@ def test_hf_json_shape_with_schema_as_value_and_n_choices(base_url):
     ).json()  # fmt: skip
     assert len(body["choices"]) == 3
     for choice in body["choices"]:
-        assert_valid_or_cut(choice["message"]["content"], choice["finish_reason"], schema)
+        assert_finished_and_valid(choice["message"]["content"], choice["finish_reason"], schema)
 
 
 def test_hf_schema_given_as_a_json_string(base_url):
@@ -115,10 +110,8 @@ def test_json_object_without_schema_is_any_object(openai_client):
         response_format={"type": "json_object"},
     )  # fmt: skip
     choice = out.choices[0]
-    if choice.finish_reason == "stop":
-        assert isinstance(json.loads(choice.message.content), dict)
-    else:  # cut by max_tokens: documented, and still a valid prefix of an object
-        assert choice.finish_reason == "length" and choice.message.content.startswith("{")
+    assert choice.finish_reason == "stop"
+    assert isinstance(json.loads(choice.message.content), dict)
 
 
 def test_text_format_is_unconstrained(base_url):
@@ -129,12 +122,14 @@ def test_text_format_is_unconstrained(base_url):
     assert free["choices"][0]["message"] == text["choices"][0]["message"]
 
 
-def test_max_tokens_cut_reports_length(base_url):
-    body = chat(
-        base_url, messages=PROMPT, max_tokens=3, response_format={"type": "json", "value": SCHEMAS["nested"]}
-    ).json()  # fmt: skip
-    assert body["choices"][0]["finish_reason"] == "length"
-    assert body["choices"][0]["message"]["content"].startswith("{")
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_schema_whose_shortest_answer_does_not_fit_is_a_400(base_url, stream):
+    r = chat(
+        base_url, messages=PROMPT, max_tokens=3, stream=stream,
+        response_format={"type": "json", "value": SCHEMAS["nested"]},
+    )  # fmt: skip
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith("response_format: no valid answer fits in max_tokens (3)")
 
 
 REGEXES = [
@@ -207,7 +202,9 @@ def test_grammar_masks_do_not_harm_free_requests_beside_them(base_url):
     assert results[-1]["choices"][0]["message"] == free["choices"][0]["message"]
     for r in results[:3]:
         choice = r["choices"][0]
-        assert_valid_or_cut(choice["message"]["content"], choice["finish_reason"], SCHEMAS["flat"])
+        assert_finished_and_valid(
+            choice["message"]["content"], choice["finish_reason"], SCHEMAS["flat"]
+        )
 
 
 def test_logprobs_under_a_grammar_are_finite_json(openai_client):

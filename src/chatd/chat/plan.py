@@ -51,11 +51,11 @@ async def plan(
             f"{n_ctx} tokens for prompt and answer together: at most {n_ctx - 1} prompt "
             "tokens fit"
         )
-    # Compiling and checking a grammar takes milliseconds, a pathological one seconds.
-    grammar = await asyncio.to_thread(_grammar, body, tools, engine)
-    sampling = _sampling(body, engine.tokenizer.n_vocab)
     # The answer may use what the context leaves; a larger max_tokens ends with "length" there.
     max_tokens = min(body.output_limit or room, room)
+    # Compiling and checking a grammar takes milliseconds, a pathological one seconds.
+    grammar = await asyncio.to_thread(_grammar, body, tools, engine, max_tokens)
+    sampling = _sampling(body, engine.tokenizer.n_vocab)
     rid = uuid.uuid4().hex
     requests = [
         GenerationRequest(
@@ -97,8 +97,11 @@ def _longest_token(tokenizer: Tokenizer) -> int:
     return max(map(len, tokenizer.token_bytes), default=1) or 1
 
 
-def _grammar(body: ChatRequest, tools: ToolPlan | None, engine: Engine) -> Grammar | None:
-    """Tools or response_format as a grammar, compiled now so that a bad one is a 400."""
+def _grammar(
+    body: ChatRequest, tools: ToolPlan | None, engine: Engine, max_tokens: int
+) -> Grammar | None:
+    """Tools or response_format as a grammar, compiled now so that a bad one is a 400, as is
+    one whose shortest answer does not fit in max_tokens (a cut answer is invalid)."""
     fmt = body.response_format
     if tools and fmt and fmt.type != "text":
         raise RequestError("response_format: cannot be combined with tools; use one or the other")
@@ -110,7 +113,7 @@ def _grammar(body: ChatRequest, tools: ToolPlan | None, engine: Engine) -> Gramm
             text = response_format_grammar(fmt)
             grammar = Grammar(text) if text else None
         if grammar:
-            engine.check(grammar)
+            engine.check(grammar, max_tokens)
     except GrammarError as exc:
         raise RequestError(f"{where}: {exc}") from exc
     return grammar

@@ -2,7 +2,10 @@
 
 A Constraint follows one sequence. Before each sample the scheduler fills the masks of every
 constrained sequence (llguidance works outside the GIL, 15-30 us a token here); the sampler
-then keeps only the allowed tokens, and the sampled token advances the matcher.
+then keeps only the allowed tokens, and the sampled token advances the matcher. The tokens the
+grammar then forces (JSON keys and punctuation, the rest of an enum value) are taken at once
+(`forced`), and an answer near the end of its max_tokens is steered to a valid end
+(engine/closing.py).
 
 Some grammars compile yet cannot be followed: a schema that only refers to itself allows no
 first token, and a regex like `(a{1000}){1000}` exhausts the lexer at the second. llguidance
@@ -22,6 +25,7 @@ import llguidance
 import llguidance.numpy
 import numpy as np
 
+from chatd.engine.closing import OUTSIDE, BudgetGuard, Closer
 from chatd.engine.runners.base import Tokenizer
 from chatd.engine.types import Grammar
 
@@ -41,6 +45,9 @@ MAX_ERROR_CHARS = 300
 # Masks computed when checking a grammar: a schema with no base case fails at the first, a
 # lexer that explodes at the second (after one token).
 _PROBE_MASKS = 2
+
+# The longest closing walk tried from a grammar's start (its shortest answer, found once).
+SHORTEST_LIMIT = 2048
 
 
 class GrammarError(ValueError):
@@ -72,15 +79,49 @@ class Constraint:
         if self.matcher.is_error():
             raise GrammarError(_clean(self.matcher.get_error()))
         self.verdict: str | None = None  # Grammars.check's finding: "" when it can be followed
+        self.closer: Closer | None = None  # the tokenizer's closing walk (Grammars sets it)
+        self.shortest: int | None = None  # tokens of the closing walk from the start
+        self.guard: BudgetGuard | None = None  # a sequence's watch over its tokens left
+        self.quoting = OUTSIDE  # where the output stands in JSON strings, for the guard
 
     def copy(self) -> Constraint:
         twin = object.__new__(Constraint)
         twin.matcher = self.matcher.deep_copy()
-        twin.verdict = self.verdict
+        twin.verdict, twin.closer, twin.shortest = self.verdict, self.closer, self.shortest
+        twin.guard = BudgetGuard(self.closer, self.shortest or 0) if self.closer else None
+        twin.quoting = self.quoting
         return twin
 
     def consume(self, token: int, text: str = "") -> None:
-        self.matcher.consume_token(token)
+        self.consume_all([token])
+
+    def consume_all(self, tokens: list[int]) -> None:
+        self.matcher.consume_tokens(tokens)
+        if self.closer:
+            self.quoting = self.closer.after(self.quoting, tokens)
+        if self.guard:
+            self.guard.took(tokens)
+
+    def forced(self, limit: int) -> list[int]:
+        """The tokens the grammar forces next (at most limit), consumed: the sequence takes
+        them without sampling. llguidance stops short of bytes whose tokenization could
+        still depend on what follows."""
+        tokens = self.matcher.compute_ff_tokens()[:limit]
+        if tokens:
+            self.consume_all(tokens)
+        return tokens
+
+    @property
+    def finished(self) -> bool:
+        """The grammar is complete and takes nothing more but an end token."""
+        return self.matcher.is_stopped() and not self.matcher.is_error()
+
+    def within_budget(self, allowed: np.ndarray, logits: np.ndarray, left: int, candidates: int):
+        """allowed, narrowed near the end of the budget to tokens that still let a valid
+        answer end within `left` tokens (engine/closing.py)."""
+        if self.guard is None:
+            return allowed
+        return self.guard.narrow(self.matcher, self.quoting, allowed, logits, left, candidates)
 
     @property
     def error(self) -> str | None:
@@ -115,8 +156,20 @@ class LazyConstraint:
     def error(self) -> str | None:
         return self._inner.error if self._inner else None
 
+    @property
+    def finished(self) -> bool:
+        return self._inner is not None and self._inner.finished
+
     def copy(self) -> LazyConstraint:
         return LazyConstraint(self._template, self._triggers)
+
+    def forced(self, limit: int) -> list[int]:
+        return self._inner.forced(limit) if self._inner else []
+
+    def within_budget(self, allowed: np.ndarray, logits: np.ndarray, left: int, candidates: int):
+        if self._inner is None:
+            return allowed
+        return self._inner.within_budget(allowed, logits, left, candidates)
 
     def consume(self, token: int, text: str = "") -> None:
         if self._inner:
@@ -131,7 +184,8 @@ class LazyConstraint:
             return
         if any(head.startswith(t) for t in self._triggers):
             inner = self._template.copy()
-            if inner.matcher.consume_tokens(self._tokens) and not inner.error:
+            inner.consume_all(self._tokens)
+            if not inner.error:
                 self._inner = inner
             else:
                 self._given_up = True
@@ -148,15 +202,28 @@ class Grammars:
         self._tokenizer, self._size = tokenizer, size
         self._compiled: OrderedDict[str, Constraint] = OrderedDict()
         self._lock = threading.Lock()
+        self._closer: Closer | None = None
 
-    def check(self, grammar: Grammar) -> None:
-        """Raises GrammarError for a grammar that does not compile, or that fails within its
-        first tokens (checked once per compiled grammar, on a copy)."""
+    def check(self, grammar: Grammar, max_tokens: int | None = None) -> None:
+        """Raises GrammarError for a grammar that does not compile, that fails within its
+        first tokens (checked once per compiled grammar, on a copy), or (not lazy) whose
+        shortest answer chatd can find takes more than max_tokens."""
         template = self._template(grammar.text)
         if template.verdict is None:
             template.verdict = self._probe(template.copy())
         if template.verdict:
             raise GrammarError(f"no output can follow this grammar: {template.verdict}")
+        if max_tokens is None or grammar.triggers:
+            return
+        if template.shortest is None:
+            # 0 when the walk finds no end: the heuristic failed, which proves nothing.
+            walk = template.closer.walk(template.matcher, SHORTEST_LIMIT, OUTSIDE)
+            template.shortest = 0 if walk is None else len(walk)
+        if template.shortest > max_tokens:
+            raise GrammarError(
+                f"no valid answer fits in max_tokens ({max_tokens}): the shortest answer "
+                f"found takes {template.shortest} tokens"
+            )
 
     def constraint(self, grammar: Grammar) -> Constraint | LazyConstraint:
         """A fresh state for one sequence."""
@@ -188,11 +255,19 @@ class Grammars:
                 self._compiled.move_to_end(text)
                 return found
         compiled = Constraint(self._tokenizer.grammar_tokenizer, text)
+        compiled.closer = self._closing()
         with self._lock:
             self._compiled[text] = compiled
             while len(self._compiled) > self._size:
                 self._compiled.popitem(last=False)
         return compiled
+
+    def _closing(self) -> Closer:
+        """The tokenizer's closing walk, scored on first use (a fraction of a second)."""
+        if self._closer is None:
+            t = self._tokenizer
+            self._closer = Closer(t.token_bytes, t.hidden, t.eog)
+        return self._closer
 
 
 def fill_masks(constraints: list[Constraint], n_vocab: int) -> np.ndarray:

@@ -95,9 +95,10 @@ class Engine:
         if start:
             self._thread.start()
 
-    def check(self, grammar: Grammar) -> None:
-        """Raises GrammarError for a grammar this model's tokenizer cannot follow."""
-        self.grammars.check(grammar)
+    def check(self, grammar: Grammar, max_tokens: int | None = None) -> None:
+        """Raises GrammarError for a grammar this model's tokenizer cannot follow, or whose
+        shortest answer takes more than max_tokens."""
+        self.grammars.check(grammar, max_tokens)
 
     def submit(self, request: GenerationRequest) -> Generation:
         """Queue the request now (synchronously: a caller can check capacity and submit

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from chatd.engine.closing import CANDIDATES
 from chatd.engine.constraints import allowed_tokens, fill_masks
 from chatd.engine.prefix_store import PrefixStore
 from chatd.engine.runners.base import BatchItem, Runner
@@ -195,12 +196,14 @@ class Scheduler:
             if i == 0:
                 return self._advance(seq, token, row)
             # The grammar has moved on by the tokens emitted before this row: a fresh mask.
-            mask = self._grammar_masks([seq]).get(seq.id)
-            (drawn,), (adjusted,) = sample_step(logits[None], [seq.sampler], [mask])
+            (drawn,), (adjusted,) = self._sample([seq], logits[None])
             return self._advance(seq, drawn, adjusted)
 
         base = len(seq.tokens)
         events, accepted = verify(seq.tokens, draft, rows, advance)
+        # Tokens a grammar forced after the last emitted one may match the draft too, but one
+        # token must stay uncached: feeding it gives the next step's logits.
+        accepted = min(accepted, len(seq.tokens) - base - 1)
         seq.n_cached = base + accepted
         if accepted < len(draft):  # a runner that cannot cut there forgets more: fed again
             seq.n_cached = self.runner.truncate(seq.slot, seq.n_cached)
@@ -235,7 +238,10 @@ class Scheduler:
         """Every sampling sequence's next token, drawn in one pass over the step's rows, and
         the adjusted row each was drawn from where its logprobs are asked for (else None)."""
         allowed = self._grammar_masks(sampling)
-        masks = [allowed.get(seq.id) for seq in sampling]
+        masks = []
+        for seq, row in zip(sampling, logits, strict=True):
+            mask = allowed.get(seq.id)
+            masks.append(None if mask is None else self._within_budget(seq, row, mask))
         return sample_step(logits, [seq.sampler for seq in sampling], masks)
 
     def _advance(self, seq: Sequence, token: int, logits: np.ndarray | None) -> TokenEvent:
@@ -246,6 +252,7 @@ class Scheduler:
         event = self._follow_grammar(seq, token, event)
         if not event.error:
             self._match_stops(seq, event)
+            self._fast_forward(seq, event)
             self._check_length(seq, event)
             if event.finish_reason:  # text held back for a stop string that never came
                 event.text += seq.stop.flush()
@@ -270,6 +277,36 @@ class Scheduler:
                 return TokenEvent(error=f"grammar: {constraint.error}")
         return event
 
+    def _within_budget(self, seq: Sequence, logits: np.ndarray, allowed: np.ndarray):
+        """Near max_tokens, only tokens that leave room for a valid end (engine/closing.py):
+        a greedy sequence needs only its best candidate checked."""
+        candidates = 1 if seq.request.sampling.temperature <= 0 else CANDIDATES
+        return seq.constraint.within_budget(allowed, logits, self._tokens_left(seq), candidates)
+
+    def _fast_forward(self, seq: Sequence, event: TokenEvent) -> None:
+        """Takes the tokens the grammar forces after the sampled one into this same event,
+        each through the detokenizer and stop strings, within max_tokens; the next forward
+        feeds them as one chunk. A grammar that can take nothing more ends the answer."""
+        constraint = seq.constraint
+        if event.finish_reason or not (constraint and constraint.active):
+            return
+        for token in constraint.forced(self._tokens_left(seq)):
+            seq.tokens.append(token)
+            seq.sampler.accept(token)
+            piece = TokenEvent(seq.detokenizer.step(token), self._forced_logprobs(seq, token))
+            self._match_stops(seq, piece)
+            event.text += piece.text
+            event.logprobs += piece.logprobs
+            if piece.finish_reason:
+                event.finish_reason = piece.finish_reason
+                return
+        if constraint.finished:  # the end token would be the only choice: no step for it
+            event.text += seq.stop.feed(seq.detokenizer.flush())[0]
+            event.finish_reason = "stop"
+
+    def _tokens_left(self, seq: Sequence) -> int:
+        return min(seq.request.max_tokens - seq.n_generated, self.runner.n_ctx - len(seq.tokens))
+
     @staticmethod
     def _match_stops(seq: Sequence, event: TokenEvent) -> None:
         """Holds back what may begin a stop string; cuts the text at one that matched."""
@@ -289,15 +326,25 @@ class Scheduler:
         if not params.logprobs:
             return []
         lp, top = log_softmax_at(logits, token, params.top_logprobs)
+        return [self._logprob_entry(token, lp, top)]
+
+    def _forced_logprobs(self, seq: Sequence, token: int) -> list[TokenLogprob]:
+        """A forced token was the only one the grammar allowed: under the masked distribution
+        that logprobs report, its logprob is 0 and it is its own only alternative. (The model
+        never scored it: no logits are computed at a forced position.)"""
+        params = seq.request.sampling
+        if not params.logprobs:
+            return []
+        return [self._logprob_entry(token, 0.0, [(token, 0.0)] if params.top_logprobs else [])]
+
+    def _logprob_entry(self, token: int, lp: float, top) -> TokenLogprob:
         tok = self.tokenizer
-        return [
-            TokenLogprob(
-                tok.token_text[token],
-                lp,
-                list(tok.token_bytes[token]),
-                [TopLogprob(tok.token_text[i], v, list(tok.token_bytes[i])) for i, v in top],
-            )
-        ]
+        return TokenLogprob(
+            tok.token_text[token],
+            lp,
+            list(tok.token_bytes[token]),
+            [TopLogprob(tok.token_text[i], v, list(tok.token_bytes[i])) for i, v in top],
+        )
 
     # -- ends -----------------------------------------------------------------------------------
 
