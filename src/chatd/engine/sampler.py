@@ -13,15 +13,15 @@ logits already shifted to at most 0, so a tiny one sends the rest to -inf, never
 a grammar's mask (or a caller's -inf bias) makes a logit -inf, and those tokens are never
 drawn nor reported.
 
-The draw's running sum over the vocabulary is torch's `cumsum`: a sequential float64 scan like
-numpy's, so the same bits and the same draws, about six times faster (numpy's accumulate was
-most of a sampled token's cost: ~250 us of ~310 us over a 49k vocabulary on a 2-core machine).
+The draw's running sum over the vocabulary (`np.cumsum`, ~160 us over a 49k vocabulary here) is
+most of what a sampled token costs in Python. torch's scan adds in the same order five times
+faster, but importing torch here put it in every llama.cpp process, and Ray Serve replicas
+that had it stopped delivering answers (tests/cluster autoscaling test): not worth 130 us.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from chatd.engine.types import SamplingParams
 
@@ -102,7 +102,7 @@ def choose(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
         probs[order[n_keep:]] = 0.0
     if params.min_p > 0.0:
         probs[probs < params.min_p * probs.max()] = 0.0
-    cumulative = _cumsum(probs)
+    cumulative = np.cumsum(probs)
     pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
     pick = min(pick, len(probs) - 1)
     return int(ids[pick]) if ids is not None else pick
@@ -173,14 +173,9 @@ def _draw_at_temperature(rows: list[np.ndarray], states: list[SamplerState]) -> 
     last = probs.shape[1] - 1
     picks = []
     for p, state in zip(probs, states, strict=True):
-        c = _cumsum(p)  # row by row: a 2-D scan would take torch's threads from the model's
+        c = np.cumsum(p)
         picks.append(min(int(np.searchsorted(c, state.rng.random() * c[-1], side="right")), last))
     return picks
-
-
-def _cumsum(probs: np.ndarray) -> np.ndarray:
-    """`np.cumsum(probs)` for a float64 row, bit for bit (both add in order), only faster."""
-    return torch.cumsum(torch.from_numpy(probs), 0).numpy()
 
 
 def _candidates(x: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None, float]:
