@@ -178,8 +178,7 @@ class Scheduler:
         more than it may still emit after the step's first token, nor than its context holds."""
         if seq.request.images is not None:  # positions after images are the runner's business
             return []
-        left = min(seq.request.max_tokens - seq.n_generated, self.runner.n_ctx - len(seq.tokens))
-        limit = min(spare, left - 1, MAX_DRAFT)
+        limit = min(spare, self._tokens_left(seq) - 1, MAX_DRAFT)
         size = self.speculation.draft_size(seq.drafter.acceptance, rows, limit)
         draft = seq.drafter.propose(seq.tokens, size)
         if not draft:
