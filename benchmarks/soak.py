@@ -12,7 +12,8 @@ greedy and seeded text: README), so any difference is cross-talk. A client refus
 its Retry-After and tries again. The verdicts are counts: no 5xx, no stream lost (a 200 that
 ends without [DONE]), no seeded answer differing from its solo run (cross-talk), 429s only
 with Retry-After, no sequence left running afterwards, and the server's RSS at the end
-within 10 % of its RSS once warm (after the first minute, or a third of a short run).
+(less what its prefix store holds, a bounded cache) within 10 % of its RSS once warm (after
+the first minute, or a third of a short run).
 """
 
 from __future__ import annotations
@@ -219,10 +220,23 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def watch_rss(pid: int, warm_at: float, samples: dict[str, int]) -> None:
-    """The RSS once warm (the first one at or past warm_at), and the last one."""
+async def metric_sum(client: httpx.AsyncClient, url: str, *names: str) -> float:
+    """The sum of the /metrics samples of the named families (every model's)."""
+    text = (await client.get(f"{url}/metrics")).text
+    prefixes = tuple(f"{name}{{" for name in names)
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefixes)
+    )
+
+
+async def watch_rss(
+    client: httpx.AsyncClient, url: str, pid: int, warm_at: float, samples: dict[str, int]
+) -> None:
+    """The RSS once warm (the first one at or past warm_at), and the last one; less the prefix
+    store's bytes: a cache bounded by --prefix-cache-bytes that fills as prompts come."""
     while True:
-        rss = rss_bytes(pid)
+        store = await metric_sum(client, url, "chatd_prefix_store_bytes")
+        rss = rss_bytes(pid) - int(store)
         if time.monotonic() >= warm_at:
             samples.setdefault("warm", rss)
         samples["last"] = rss
@@ -234,12 +248,7 @@ async def leftover_sequences(client: httpx.AsyncClient, url: str, timeout: float
     ones a departed client left are aborted at the next step, so give them a moment."""
     deadline = time.monotonic() + timeout
     while True:
-        text = (await client.get(f"{url}/metrics")).text
-        left = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(("chatd_running_sequences{", "chatd_queue_depth{"))
-        )
+        left = await metric_sum(client, url, "chatd_running_sequences", "chatd_queue_depth")
         if left == 0 or time.monotonic() > deadline:
             return int(left)
         await asyncio.sleep(0.5)
@@ -257,7 +266,7 @@ async def soak(url: str, pid: int, duration: float, warm_after: float) -> dict[s
             assert outcome.text is not None, f"the solo run failed: {outcome.status}"
             solo[prompt] = outcome.text
         start = time.monotonic()
-        watcher = asyncio.create_task(watch_rss(pid, start + warm_after, rss))
+        watcher = asyncio.create_task(watch_rss(client, url, pid, start + warm_after, rss))
         await asyncio.gather(
             *(client_loop(client, url, w, start + duration, solo, tally) for w in range(CLIENTS))
         )

@@ -243,14 +243,20 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(ray_cluster)
 
     body = {"messages": HELLO, "max_tokens": 200, "logit_bias": NO_END}
     statuses: list[int] = []
-    load = [
-        threading.Thread(target=lambda: statuses.append(post(url, NO_CACHE, **body).status_code))
-        for _ in range(2 * settings.parallel)  # twice what one replica is asked to hold
-    ]
-    for t in load:
+    scaled = threading.Event()
+
+    def client() -> None:  # keeps its request going until the second replica is up
+        while not scaled.is_set():
+            statuses.append(post(url, NO_CACHE, **body).status_code)
+
+    load = [threading.Thread(target=client) for _ in range(2 * settings.parallel)]
+    for t in load:  # twice what one replica is asked to hold
         t.start()
-    wait_until(lambda: ray_cluster.replica_states() == two, 120, "a second replica")
-    for t in load:
-        t.join()
-    assert statuses == [200] * len(load)
+    try:
+        wait_until(lambda: ray_cluster.replica_states() == two, 120, "a second replica")
+    finally:
+        scaled.set()
+        for t in load:
+            t.join()
+    assert statuses and statuses == [200] * len(statuses)
     wait_until(lambda: ray_cluster.replica_states() == one, 120, "back to one replica")
