@@ -477,7 +477,8 @@ def test_logprobs_show_on_hover(page, base_url):
     tokens.first.hover()
     tip.wait_for(state="visible")
     chosen = tip.locator(".chosen td").all_inner_texts()
-    assert chosen[0] == json.dumps(tokens.first.text_content())
+    # The tip writes the token as JSON.stringify does: non-ASCII characters as they are.
+    assert chosen[0] == json.dumps(tokens.first.text_content(), ensure_ascii=False)
     assert float(chosen[1]) == pytest.approx(logprobs[0], abs=1e-3)
     alternatives = tip.locator(".alternatives tr")
     assert 1 <= alternatives.count() <= 3
