@@ -79,6 +79,9 @@ class Result:
     itls: list[float] = field(default_factory=list)  # gaps between content chunks
     tokens: int = 0
     error: str = ""
+    text: str = ""  # the answer
+    prompt_tokens: int = 0  # from usage, as are the cached ones (0 where not said)
+    cached_tokens: int = 0
 
 
 async def one_request(
@@ -104,6 +107,7 @@ async def one_request(
     res = Result(ok=False)
     chunks = 0
     usage_tokens: int | None = None
+    pieces: list[str] = []
     try:
         async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
             if r.status_code != 200:
@@ -118,11 +122,17 @@ async def one_request(
                     break
                 now = time.perf_counter()
                 ev = json.loads(data)
-                if ev.get("usage"):
-                    usage_tokens = ev["usage"].get("completion_tokens")
+                if usage := ev.get("usage"):
+                    usage_tokens = usage.get("completion_tokens")
+                    res.prompt_tokens = usage.get("prompt_tokens") or 0
+                    details = usage.get("prompt_tokens_details") or {}
+                    # llama-server also says it in its timings (cache_n).
+                    cached = details.get("cached_tokens", (ev.get("timings") or {}).get("cache_n"))
+                    res.cached_tokens = cached or 0
                 for ch in ev.get("choices") or []:
                     # The first chunk is often role-only; TTFT is to the first *text*.
-                    if (ch.get("delta") or {}).get("content"):
+                    if piece := (ch.get("delta") or {}).get("content"):
+                        pieces.append(piece)
                         if last is None:
                             res.ttft = now - t0
                         else:
@@ -134,6 +144,7 @@ async def one_request(
         return res
     # Usage is exact; counting chunks undercounts if a server merges tokens per chunk.
     res.tokens = usage_tokens if usage_tokens is not None else chunks
+    res.text = "".join(pieces)
     res.ok = res.ttft is not None
     if not res.ok:
         res.error = "stream ended without content"

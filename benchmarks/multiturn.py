@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.load import pct, resolve_model
+from benchmarks.load import one_request, pct, resolve_model
 from benchmarks.vs_llama_server import (
     CACHE,
     ROOT,
@@ -86,47 +86,6 @@ def question(conversation: int, turn: int) -> str:
     return QUESTIONS[(3 * conversation + turn) % len(QUESTIONS)]
 
 
-async def ask(
-    client: httpx.AsyncClient, url: str, model: str, messages: list[dict], max_tokens: int
-) -> tuple[dict[str, Any], str]:
-    """One streamed turn: its TTFT and token counts, and the answer's text."""
-    body = {
-        "model": model,
-        "messages": messages,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    t0 = time.perf_counter()
-    turn: dict[str, Any] = {"ttft_s": None, "error": None}
-    text = []
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
-        if r.status_code != 200:
-            turn["error"] = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
-            return turn, ""
-        async for line in r.aiter_lines():
-            if not line.startswith("data:") or line[5:].strip() == "[DONE]":
-                continue
-            event = json.loads(line[5:])
-            for choice in event.get("choices") or []:
-                piece = (choice.get("delta") or {}).get("content")
-                if piece:
-                    turn["ttft_s"] = turn["ttft_s"] or time.perf_counter() - t0
-                    text.append(piece)
-            if event.get("usage"):
-                usage = event["usage"]
-                turn["prompt_tokens"] = usage["prompt_tokens"]
-                turn["completion_tokens"] = usage["completion_tokens"]
-                details = usage.get("prompt_tokens_details") or {}
-                # llama-server also says it in its timings (cache_n).
-                cached = details.get("cached_tokens", (event.get("timings") or {}).get("cache_n"))
-                turn["cached_tokens"] = cached or 0
-    if "prompt_tokens" not in turn:
-        turn["error"] = "no usage in the stream"
-    return turn, "".join(text)
-
-
 async def run_workload(url: str, args: argparse.Namespace) -> dict[str, Any]:
     """Every turn of every conversation, `--concurrency` in flight: one row of results."""
     # A connection per request: llama-server may close kept-alive ones between requests.
@@ -134,7 +93,7 @@ async def run_workload(url: str, args: argparse.Namespace) -> dict[str, Any]:
     timeout = httpx.Timeout(connect=10.0, read=600.0, write=30.0, pool=600.0)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         model = await resolve_model(client, url)
-        await ask(client, url, model, [{"role": "user", "content": "Hello!"}], 4)  # warm-up
+        await one_request(client, url, model, "Hello!", 4)  # warm-up
         histories = [
             [{"role": "system", "content": system_prompt(k % args.systems)}]
             for k in range(args.conversations)
@@ -148,8 +107,10 @@ async def run_workload(url: str, args: argparse.Namespace) -> dict[str, Any]:
             while (k := await queue.get()) is not None:
                 done = len(histories[k]) // 2  # system, then a user and an assistant a turn
                 messages = [*histories[k], {"role": "user", "content": question(k, done)}]
-                turn, answer = await ask(client, url, model, messages, args.max_tokens)
-                histories[k] = [*messages, {"role": "assistant", "content": answer}]
+                turn = await one_request(client, url, model, messages, args.max_tokens)
+                if turn.ok and not turn.prompt_tokens:
+                    turn.ok, turn.error = False, "no usage in the stream"
+                histories[k] = [*messages, {"role": "assistant", "content": turn.text}]
                 turns.append(turn)
                 if done + 1 < args.turns:
                     queue.put_nowait(k)  # behind the others: its slot is theirs meanwhile
@@ -160,17 +121,17 @@ async def run_workload(url: str, args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         wall = time.perf_counter() - t0
-    ok = [t for t in turns if not t["error"]]
-    errors = [t["error"] for t in turns if t["error"]]
+    ok = [t for t in turns if t.ok]
+    errors = [t.error for t in turns if not t.ok]
     return {
         "wall_s": wall,
         "turns": len(ok),
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
-        "ttfts": [t["ttft_s"] for t in ok if t["ttft_s"] is not None],
-        "prompt_tokens": sum(t["prompt_tokens"] for t in ok),
-        "cached_tokens": sum(t["cached_tokens"] for t in ok),
-        "completion_tokens": sum(t["completion_tokens"] for t in ok),
+        "ttfts": [t.ttft for t in ok],
+        "prompt_tokens": sum(t.prompt_tokens for t in ok),
+        "cached_tokens": sum(t.cached_tokens for t in ok),
+        "completion_tokens": sum(t.tokens for t in ok),
     }
 
 
