@@ -3,6 +3,7 @@ run in this file's order on one deployment: the last ones kill a replica and red
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import threading
@@ -194,6 +195,38 @@ def test_a_disconnect_frees_the_replica_and_a_hit_needs_none(ray_cluster):
     assert again.json()["choices"] == first.json()["choices"]
 
 
+def test_more_streams_than_serves_default_limit_run_at_once(ray_cluster):
+    """Serve sends a deployment's replica 5 requests at most by default: the ingress must
+    pass on every stream the replicas can take (here 2 x (2 slots + 4 waiting))."""
+    body = {"max_tokens": 600, "logit_bias": NO_END, "stream": True}
+    n = 8
+
+    def ongoing() -> int:
+        return sum(s["running"] + s["waiting"] for s in ray_cluster.stats())
+
+    async def hold(client: httpx.AsyncClient, i: int) -> None:
+        messages = [{"role": "user", "content": f"Count to {i + 10}."}]
+        async with client.stream(
+            "POST", "/v1/chat/completions", json={**body, "messages": messages}, headers=NO_CACHE
+        ):
+            await asyncio.Event().wait()  # open until cancelled
+
+    async def streams() -> None:
+        async with httpx.AsyncClient(base_url=ray_cluster.url, timeout=120) as client:
+            held = [asyncio.create_task(hold(client, i)) for i in range(n)]
+            try:
+                await asyncio.to_thread(
+                    wait_until, lambda: ongoing() == n, 60, f"{n} streams on the replicas"
+                )
+            finally:
+                for task in held:
+                    task.cancel()
+                await asyncio.gather(*held, return_exceptions=True)
+
+    asyncio.run(streams())
+    wait_until(lambda: ongoing() == 0, 60, "the streams' end")
+
+
 def test_a_non_stream_request_whose_replica_is_lost_is_answered_by_another(ray_cluster):
     answer: list[httpx.Response] = []
     body = {"max_tokens": 300, "logit_bias": NO_END}
@@ -260,3 +293,25 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(ray_cluster)
             t.join()
     assert statuses and statuses == [200] * len(statuses)
     wait_until(lambda: ray_cluster.replica_states() == one, 120, "back to one replica")
+
+
+def test_a_redeploy_leaves_the_router_only_live_replicas(ray_cluster):
+    """The prefix router's tree (a detached actor) outlives the ingress: after a redeploy it
+    named the old replicas, and a request sent to one of those waited forever."""
+    from tests.cluster.conftest import cluster_settings
+
+    ray = ray_cluster.ray
+    assert post(ray_cluster.url, NO_CACHE, max_tokens=2).status_code == 200  # a router, a tree
+    tree = ray.get_actor("LlmPrefixTreeActor", namespace="serve::chatd::ChatdReplica")
+    before = set(ray.get(tree.getattr.remote("tenant_to_char_count")))
+    assert before  # the earlier tests' replicas
+    ray_cluster.deploy(cluster_settings(port=ray_cluster.settings.port))
+    wait_until(lambda: ray_cluster.replica_states() == {"RUNNING": 2}, 120, "two new replicas")
+    for i in range(6):  # prefixes that match nothing: the least-filled replica's
+        messages = [{"role": "user", "content": f"{i} " * (i + 1) + "Say a word."}]
+        r = httpx.post(f"{ray_cluster.url}/v1/chat/completions", headers=NO_CACHE,
+                       json={"messages": messages, "max_tokens": 2}, timeout=30)  # fmt: skip
+        assert r.status_code == 200, r.text
+    live = set(ray_cluster.replica_names())  # tenants are named as the replica actors
+    tenants = set(ray.get(tree.getattr.remote("tenant_to_char_count")))
+    assert tenants == live and not tenants & before, (tenants, live, before)

@@ -20,11 +20,10 @@ from chatd.cluster.replica import ChatdReplica
 from chatd.config import Settings, SettingsError, load_settings
 
 APP = "chatd"
-# Its public path, ray.serve.llm.request_router, needs pyarrow (ray[llm]); this one does not.
-PREFIX_ROUTER = (
-    "ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router"
-    ":PrefixCacheAffinityRouter"
-)
+PREFIX_ROUTER = "chatd.cluster.routing:ChatdRouter"
+# The ingress only forwards: the replicas bound the work (--parallel, --max-queue). Serve's
+# default of 5 ongoing requests per replica would hold the sixth stream at the proxy.
+INGRESS_MAX_ONGOING = 100_000
 # Not written into a config file: keys go to the nodes by --api-key-file.
 UNSHARED = {"cluster", "config", "api_keys"}
 
@@ -34,7 +33,9 @@ def application(settings: Settings, autoscaling: dict[str, Any] | None = None) -
     (its delays and intervals: the tests shorten them)."""
     check_shared_cache(settings)
     replicas = serve.deployment(ChatdReplica).options(**_replica_options(settings, autoscaling))
-    ingress = serve.deployment(ChatdIngress).options(num_replicas=settings.ingress_replicas)
+    ingress = serve.deployment(ChatdIngress).options(
+        num_replicas=settings.ingress_replicas, max_ongoing_requests=INGRESS_MAX_ONGOING
+    )
     return ingress.bind(settings, replicas.bind(settings))
 
 
@@ -59,8 +60,15 @@ def _replica_options(settings: Settings, autoscaling: dict[str, Any] | None) -> 
     if s.prefix_routing:
         options["request_router_config"] = RequestRouterConfig(
             request_router_class=PREFIX_ROUTER,
-            # Past this spread of queue lengths, load wins over the cached prefix.
-            request_router_kwargs={"imbalanced_threshold": s.parallel},
+            request_router_kwargs={
+                # Load wins over the cached prefix once one replica has a quarter of its
+                # slots (at least 2) more requests than another. At a spread of --parallel
+                # conversations queued on one replica while another had free slots; at 1, a
+                # queue length Serve had cached moved a lone conversation between replicas.
+                "imbalanced_threshold": max(2, s.parallel // 4),
+                # The tree of routed prompts is trimmed (LRU) past 400k characters.
+                "do_eviction": True,
+            },
         )
     return options
 
