@@ -10,7 +10,10 @@ never spliced with another generation. A non-stream request is asked again once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable
+from functools import partial
 from typing import Any
 
 from ray import serve
@@ -30,6 +33,7 @@ from chatd.server.streaming import sse
 REPLICA_HEADER = "x-chatd-replica"
 TRIES = 2  # the first ask, and once more if its replica is lost before any text
 LOST = RayActorError  # the replica's process died or cannot be reached
+WATCH_S = 1.0  # how often the ingress asks Serve whether a replica runs
 
 
 def lost() -> ChatdError:
@@ -39,12 +43,43 @@ def lost() -> ChatdError:
 
 class Catalogue(Registry):
     """The ingress's models: ids, aliases and 404s as a Registry finds them, nothing loaded
-    or downloaded here. The replicas serve the default once they are up (so it counts as
-    ready); they load the others, and pull Hub models, on first use."""
+    or downloaded here. The default is ready while a replica runs (each holds it), and
+    loading while none does, so /health says 503 when no replica could answer; the
+    replicas load the other models, and pull Hub models, on first use."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        found: list[sources.ModelSource],
+        replicas_running: Callable[[], int],
+    ):
+        super().__init__(settings, found)
+        self._replicas_running, self._closed = replicas_running, threading.Event()
 
     def start_loading(self, entry: ModelEntry) -> None:
-        entry.state = ModelState.READY
+        if entry is self.default:
+            entry.state, entry.load_started = ModelState.LOADING, time.monotonic()
+            threading.Thread(target=self._watch, daemon=True).start()
+        else:
+            entry.state = ModelState.READY
         self._notify(entry)
+
+    def _watch(self) -> None:
+        """Serve's replica states, every WATCH_S (a call to its controller: a thread's work)."""
+        entry = self.default
+        while not self._closed.wait(WATCH_S):
+            try:
+                up = self._replicas_running() > 0
+            except Exception:  # the controller is away (restarting): keep what was known
+                continue
+            state = ModelState.READY if up else ModelState.LOADING
+            if entry.state is not state:
+                entry.state, entry.load_started = state, time.monotonic()
+                self._notify(entry)
+
+    def close(self) -> None:
+        self._closed.set()
+        super().close()
 
     def _download(self, entry: ModelEntry) -> None:
         pass
@@ -163,5 +198,13 @@ class ChatdIngress:
 
     def __serve_build_asgi_app__(self):
         s = self.settings
-        catalogue = Catalogue(s, sources.discover(s.models, s.models_dir, s.cache_dir))
+        found = sources.discover(s.models, s.models_dir, s.cache_dir)
+        catalogue = Catalogue(s, found, partial(replicas_running, self.replicas))
         return create_app(s, catalogue, RayBackend(catalogue, self.replicas))
+
+
+def replicas_running(replicas: DeploymentHandle) -> int:
+    """How many of the handle's deployment's replicas Serve says are running."""
+    app = serve.status().applications[replicas.app_name]
+    states = app.deployments[replicas.deployment_name].replica_states
+    return states.get("RUNNING", 0)
