@@ -21,14 +21,8 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks.load import alternating, format_table, run_levels
+from benchmarks.load import alternating, format_table, process_cpu_seconds, run_levels
 from benchmarks.vs_llama_server import free_port, serving
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its threads so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def contender(src: str, args: argparse.Namespace):
@@ -42,12 +36,12 @@ def contender(src: str, args: argparse.Namespace):
         with serving(f"chatd@{src}", cmd, port, Path(args.log)) as (url, pid):
             body = {"temperature": args.temperature}
             asyncio.run(run_levels(url, [1], 1, 8, server_pid=pid, extra_body=body))  # warm-up
-            before = cpu_seconds(pid)
+            before = process_cpu_seconds(pid)
             rows = asyncio.run(
                 run_levels(url, [level], args.requests, args.max_tokens, warmup=False,
                            server_pid=pid, extra_body=body)
             )  # fmt: skip
-            rows[0]["server_cpu_s"] = cpu_seconds(pid) - before
+            rows[0]["server_cpu_s"] = process_cpu_seconds(pid) - before
         return rows
 
     return run

@@ -27,14 +27,11 @@ import asyncio
 import logging
 import os
 import sys
-import time
 from typing import Any
-
-import httpx
 
 from benchmarks import multiturn
 from benchmarks.load import format_table, pool_rows, print_progress, run_levels
-from benchmarks.vs_llama_server import CACHE, free_port, serving
+from benchmarks.vs_llama_server import CACHE, free_port, serving, wait_healthy
 from chatd.models.sources import SMOLLM2_ID
 
 # The replicas' host prefix store: their default, and off (a replica keeps what its slots hold).
@@ -48,15 +45,8 @@ def deploy(settings_given: dict[str, Any]) -> str:
     settings = load_settings(settings_given)
     deploy.start(settings)
     url = f"http://127.0.0.1:{settings.port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # Serve answers 503 until the application is up
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not healthy after 300 s")
+    wait_healthy("chatd on the cluster", None, url, None)  # 503 until a replica runs
+    return url
 
 
 def main() -> None:
@@ -134,8 +124,7 @@ def main() -> None:
         print(f"C={one['concurrency']}: cluster/one tok/s {ratio:.2f}, "
               f"TTFT p50 {added * 1000:+.0f} ms")  # fmt: skip
     print(f"{a.conversations} conversations x {a.turns} turns, {workload.concurrency} in flight:")
-    print("| prefix store, router | total s | TTFT p50 ms | TTFT p95 ms | prompt tokens cached "
-          "| prompt tokens | completion tokens | errors |")  # fmt: skip
+    print(multiturn.header("prefix store, router"))
     for store in STORES:
         on, off = (multiturn.pooled(talks[(store, routing)]) for routing in (True, False))
         print(multiturn.row_text(f"{store}, prefix", on))

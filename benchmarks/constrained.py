@@ -26,6 +26,7 @@ from benchmarks.vs_llama_server import (
     wait_quiet,
     write_readme,
 )
+from tests.conftest import NO_END  # SmolLM2's end tokens banned: free answers run to max_tokens
 
 RECORD = {
     "type": "object",
@@ -53,8 +54,6 @@ RECORDS = {
         },
     },
 }
-# SmolLM2's end-of-generation tokens: the free answers run to max_tokens.
-NO_END = {"0": -100, "2": -100, "4": -100}
 
 
 def markdown(free: list[dict[str, Any]], constrained: list[dict[str, Any]], args) -> str:

@@ -19,7 +19,7 @@ import time
 
 import httpx
 
-from benchmarks.ab import cpu_seconds
+from benchmarks.load import process_cpu_seconds
 from benchmarks.vs_llama_server import free_port
 
 CHUNK = {
@@ -77,11 +77,11 @@ def cost(protocol: str, encoder: str, chunks: int) -> float:
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        before = cpu_seconds(proc.pid)
+        before = process_cpu_seconds(proc.pid)
         with httpx.stream("GET", url) as r:
             for _ in r.iter_raw():
                 pass
-        return (cpu_seconds(proc.pid) - before) / chunks * 1e6
+        return (process_cpu_seconds(proc.pid) - before) / chunks * 1e6
     finally:
         proc.terminate()
         proc.wait()

@@ -162,18 +162,20 @@ def pct(xs: list[float], q: float) -> float | None:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its threads so far (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        st = f.read().rsplit(")", 1)[1].split()
+    return (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_seconds(server_pid: int | None) -> tuple[float, float, float] | None:
     """(whole machine busy, server process, this process) CPU seconds; None off Linux."""
     try:
-        tick = os.sysconf("SC_CLK_TCK")
         with open("/proc/stat") as f:
             v = [int(x) for x in f.readline().split()[1:9]]
-        busy = (sum(v) - v[3] - v[4]) / tick  # all but idle and iowait
-        server = 0.0
-        if server_pid:
-            with open(f"/proc/{server_pid}/stat") as f:
-                st = f.read().rsplit(")", 1)[1].split()
-            server = (int(st[11]) + int(st[12])) / tick  # utime + stime, all threads
+        busy = (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        server = process_cpu_seconds(server_pid) if server_pid else 0.0
     except (OSError, ValueError, IndexError):
         return None
     t = os.times()

@@ -152,6 +152,14 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def header(first: str) -> str:
+    """The table's head, for `row_text`'s rows; `first` names its first column."""
+    return (
+        f"| {first} | total s | TTFT p50 ms | TTFT p95 ms | prompt tokens cached | prompt tokens "
+        "| completion tokens | errors |\n|---|---|---|---|---|---|---|---|"
+    )
+
+
 def row_text(name: str, row: dict[str, Any]) -> str:
     return (
         f"| {name} | {row['wall_s']:.1f} | {row['ttft_p50_s'] * 1000:.0f} "
@@ -174,9 +182,7 @@ def markdown(results: dict[str, dict[str, Any]], cmds: dict[str, list[str]], arg
         f"**chatd is {ratio(ref['wall_s'], ours['wall_s'])}x llama-server's speed on total time "
         f"and {ratio(ref['ttft_p50_s'], ours['ttft_p50_s'])}x on TTFT p50** (target: 1.2x).",
         "",
-        "| server | total s | TTFT p50 ms | TTFT p95 ms | prompt tokens cached | prompt tokens "
-        "| completion tokens | errors |",
-        "|---|---|---|---|---|---|---|---|",
+        header("server"),
         row_text("chatd", ours),
         row_text("llama-server", ref),
         "",

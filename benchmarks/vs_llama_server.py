@@ -149,12 +149,13 @@ def serving(
 
 
 def wait_healthy(
-    name: str, proc: subprocess.Popen, url: str, log: Path, timeout: float = 300.0
+    name: str, proc: subprocess.Popen | None, url: str, log: Path | None, timeout: float = 300.0
 ) -> None:
-    """Until the server's /health answers 200; raises if it exits or takes too long."""
+    """Until the server's /health answers 200; raises if its process (when it has one of its
+    own) exits or it takes too long, with the end of its log (when it has one)."""
     deadline = time.monotonic() + timeout
     while True:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log)}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name} not healthy after {timeout:.0f} s:\n{tail(log)}")
@@ -192,7 +193,9 @@ def wait_quiet(max_wait: float, threshold: float = 10.0) -> None:
         time.sleep(10)
 
 
-def tail(path: Path, n: int = 30) -> str:
+def tail(path: Path | None, n: int = 30) -> str:
+    if path is None:
+        return "(no log)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
 
 

@@ -1,6 +1,6 @@
 """The replicas' router: Ray's PrefixCacheAffinityRouter (among the replicas that hold the
 model, the one whose routed prompts share the longest prefix with this one, unless the
-replicas' loads are too uneven), with three defects of ray[serve]==2.60.0 mended:
+replicas' loads are too uneven), with two defects of ray[serve]==2.60.0 mended:
 
 - Its prefix tree is a detached actor that outlives the routers: after a redeploy it still
   named the old replicas, and a request sent to "the replica with the fewest characters",
