@@ -32,9 +32,6 @@ _STUCK = 4
 # The best-scored tokens a walk looks at before it scans the whole vocabulary.
 _PROBE = 1024
 
-_CLOSERS = b'"]}'
-_OPENERS = b"[{"
-
 
 # Where output stands in JSON text, as one int: the open arrays and objects (`state >> 2`),
 # and outside strings, inside one, or just after a backslash in one (`state & 3`). Tracked
