@@ -315,22 +315,3 @@ def test_a_redeploy_leaves_the_router_only_live_replicas(ray_cluster):
     live = set(ray_cluster.replica_names())  # tenants are named as the replica actors
     tenants = set(ray.get(tree.getattr.remote("tenant_to_char_count")))
     assert tenants == live and not tenants & before, (tenants, live, before)
-
-
-def test_health_says_503_while_no_replica_runs(ray_cluster):
-    for name in ray_cluster.replica_names():
-        ray_cluster.ray.kill(ray_cluster.ray.get_actor(name, namespace="serve"), no_restart=True)
-    refused: list[httpx.Response] = []
-
-    def down() -> bool:
-        r = httpx.get(f"{ray_cluster.url}/health", timeout=5)
-        if r.status_code == 503:
-            refused.append(r)
-        return bool(refused)
-
-    wait_until(down, 30, "/health to say 503")
-    body = refused[0].json()
-    assert body["error_type"] == "loading" and body["estimated_time"] > 0, body
-    wait_until(ray_cluster.healthy, 180, "/health to say 200 again")
-    assert ray_cluster.replica_states() == {"RUNNING": 2}
-    assert post(ray_cluster.url, NO_CACHE, max_tokens=2).status_code == 200

@@ -1,5 +1,5 @@
 """The cluster's parts that need no cluster: the stream batching, the Serve config file, the
-settings a cluster refuses, the routing text of a call."""
+settings a cluster refuses, the routing text of a call, the ingress's view of the replicas."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ from typer.testing import CliRunner
 
 from chatd import cli
 from chatd.config import SettingsError, load_settings
+from chatd.models.errors import ModelLoading
+from chatd.models.registry import ModelState
+from chatd.models.sources import SMOLLM2_ID, discover
 from chatd.protocol.request import ChatRequest
+from tests.conftest import wait_until
 
 pytest.importorskip("ray", reason="the chatd[cluster] extra is not installed")
-from chatd.cluster import deploy  # noqa: E402
+from chatd.cluster import deploy, ingress  # noqa: E402
 from chatd.cluster.replica import Call, batched  # noqa: E402
 
 
@@ -121,3 +125,25 @@ def test_the_cli_refuses_what_a_cluster_cannot_do():
     assert refused.exit_code == 2 and "redis://" in refused.output
     half = runner.invoke(cli.app, ["serve", "--min-replicas", "2", "--print-settings"])
     assert half.exit_code == 2 and "--max-replicas" in half.output
+
+
+def test_the_ingress_default_is_ready_only_while_a_replica_runs(monkeypatch):
+    """What /health reports through a cluster: 503 loading while Serve says no replica runs
+    (killing both replicas in a test races their replacements, which start in ~2 s)."""
+    monkeypatch.setattr(ingress, "WATCH_S", 0.01)
+    running = [0]
+    settings = load_settings({"models": [SMOLLM2_ID], "pull": "never"})
+    found = discover(settings.models, settings.models_dir, settings.cache_dir)
+    catalogue = ingress.Catalogue(settings, found, lambda: running[0])
+    default = catalogue.default
+    catalogue.start_loading(default)
+    try:
+        assert default.state is ModelState.LOADING  # before the first answer from Serve
+        running[0] = 2
+        wait_until(lambda: default.state is ModelState.READY, 5, "ready with replicas up")
+        running[0] = 0
+        wait_until(lambda: default.state is ModelState.LOADING, 5, "loading with none")
+        why = default.not_ready(1.0)  # what /health raises: a 503 loading
+        assert isinstance(why, ModelLoading) and why.estimated_time > 0
+    finally:
+        catalogue.close()
